@@ -1,0 +1,166 @@
+"""Bounds-checked reading and writing of the format's primitive fields (spec 2).
+
+A :class:`Cursor` walks a buffer that has already been read and checksummed (a
+record body, the index, a header).  Every read checks the bytes that remain;
+running past the end raises the error class the caller chose -- a record whose
+fields overrun its declared length is corrupt (FormatError), a file that stops
+early is truncated (TruncatedError).  The cursor knows the absolute file offset
+of its buffer, so every error says where it happened.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .errors import DczError, FormatError
+
+__all__ = ["Cursor", "uvar", "uvar_size", "UVAR_MAX_BYTES"]
+
+UVAR_MAX_BYTES = 10
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
+def uvar(value: int) -> bytes:
+    """Encode a non-negative integer below 2**64 as minimal unsigned LEB128 (spec 2.2)."""
+    if value < 0 or value >= 1 << 64:
+        raise OverflowError(f"uvar out of range: {value}")
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def uvar_size(value: int) -> int:
+    """Number of bytes :func:`uvar` uses for ``value``."""
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+class Cursor:
+    """Sequential reader over ``buf`` whose first byte is at file offset ``base``.
+
+    Args:
+        buf: bytes-like object (bytes, bytearray, memoryview, mmap slice).
+        base: absolute offset of ``buf[0]`` in the file, for error messages.
+        overrun: exception class raised when a read passes the end.
+        overrun_rule: spec rule id attached to that exception.
+        tensor: tensor name attached to errors, if any.
+    """
+
+    __slots__ = ("buf", "pos", "end", "base", "overrun", "overrun_rule", "tensor")
+
+    def __init__(
+        self,
+        buf,
+        base: int = 0,
+        *,
+        overrun: type[DczError] = FormatError,
+        overrun_rule: str = "FIL-9",
+        tensor: str | None = None,
+        start: int = 0,
+        end: int | None = None,
+    ) -> None:
+        self.buf = memoryview(buf).cast("B") if not isinstance(buf, memoryview) else buf
+        self.pos = start
+        self.end = len(self.buf) if end is None else end
+        self.base = base
+        self.overrun = overrun
+        self.overrun_rule = overrun_rule
+        self.tensor = tensor
+
+    # -- location helpers -------------------------------------------------------
+    @property
+    def offset(self) -> int:
+        """Absolute file offset of the next byte to read."""
+        return self.base + self.pos
+
+    @property
+    def remaining(self) -> int:
+        """Bytes left before the end of this cursor's range."""
+        return self.end - self.pos
+
+    def fail(self, cls: type[DczError], message: str, rule: str, at: int | None = None) -> DczError:
+        """Build an error located at ``at`` (a buffer position) or the cursor."""
+        pos = self.pos if at is None else at
+        return cls(message, offset=self.base + pos, tensor=self.tensor, rule=rule)
+
+    def need(self, n: int, what: str) -> None:
+        """Raise the overrun error unless ``n`` more bytes are available."""
+        if n > self.end - self.pos:
+            raise self.fail(
+                self.overrun,
+                f"{what} needs {n} bytes but only {self.end - self.pos} remain",
+                self.overrun_rule,
+            )
+
+    # -- primitive reads ----------------------------------------------------------
+    def u8(self, what: str) -> int:
+        self.need(1, what)
+        value = self.buf[self.pos]
+        self.pos += 1
+        return value
+
+    def u16(self, what: str) -> int:
+        self.need(2, what)
+        (value,) = _U16.unpack_from(self.buf, self.pos)
+        self.pos += 2
+        return value
+
+    def u32(self, what: str) -> int:
+        self.need(4, what)
+        (value,) = _U32.unpack_from(self.buf, self.pos)
+        self.pos += 4
+        return value
+
+    def u64(self, what: str) -> int:
+        self.need(8, what)
+        (value,) = _U64.unpack_from(self.buf, self.pos)
+        self.pos += 8
+        return value
+
+    def take(self, n: int, what: str) -> memoryview:
+        """The next ``n`` bytes as a zero-copy memoryview."""
+        self.need(n, what)
+        view = self.buf[self.pos : self.pos + n]
+        self.pos += n
+        return view
+
+    def uvar(self, what: str) -> int:
+        """Read a minimal unsigned LEB128 value below 2**64 (spec 2.2, rule PRI-1)."""
+        start = self.pos
+        value = 0
+        shift = 0
+        for i in range(UVAR_MAX_BYTES):
+            if self.pos >= self.end:
+                raise self.fail(self.overrun, f"{what}: varint runs past the end", self.overrun_rule, start)
+            byte = self.buf[self.pos]
+            self.pos += 1
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                if i > 0 and byte == 0:
+                    raise self.fail(FormatError, f"{what}: varint is not minimal", "PRI-1", start)
+                if value >= 1 << 64:
+                    raise self.fail(FormatError, f"{what}: varint {value} is not below 2**64", "PRI-1", start)
+                return value
+            shift += 7
+        raise self.fail(FormatError, f"{what}: varint longer than {UVAR_MAX_BYTES} bytes", "PRI-1", start)
+
+    def text(self, n: int, what: str, rule: str) -> str:
+        """Read ``n`` bytes of strict UTF-8 (no surrogates, no overlong forms)."""
+        raw = self.take(n, what)
+        try:
+            return str(raw, "utf-8", "strict")
+        except UnicodeDecodeError as exc:
+            raise self.fail(FormatError, f"{what} is not valid UTF-8 ({exc.reason})", rule,
+                            self.pos - n + exc.start) from None
+
+    def done(self, what: str, rule: str) -> None:
+        """Raise unless every byte of the range was consumed (no trailing bytes)."""
+        if self.pos != self.end:
+            raise self.fail(FormatError, f"{self.end - self.pos} unexpected bytes after {what}", rule)

@@ -1,0 +1,558 @@
+"""Tensor records (spec 4): the encoded form of one tensor, its bytes, and back.
+
+* :class:`TensorCode` -- the structured content of a tensor record (layout,
+  positions, codebook, indices, raw values, recipe), what plans produce and
+  what :meth:`TensorCode.reconstruct` turns into the exact decoded array.
+* :func:`encode_tensor` -- TensorCode -> record body parts (spec 4.1-4.2).
+* :func:`parse_tensor` -- record body -> :class:`TensorRecord`, every check
+  that needs no decoding (shared by the readers, the lazy loader and the
+  validator).
+* :func:`decode_tensor` -- TensorRecord -> ndarray, with the remaining checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from . import huffman, sparse
+from .binary import Cursor, uvar
+from .constants import (
+    ALIGN_MIN_PAYLOAD,
+    ALIGNMENT,
+    DEFAULT_CHUNK_LOG,
+    DEFAULT_MAX_CODE_LENGTH,
+    MAX_CODEBOOK,
+    MAX_RANK,
+    OPTIONAL_SECTIONS,
+    SECTION_KNOWN_FLAGS,
+    SECTION_OPTIONAL,
+    Layout,
+    SectionKind,
+    Values,
+)
+from .dtypes import DType, codebook_dtype_allowed, from_code, widen
+from .errors import EncodeError, FormatError, UnsupportedFeatureError
+from .limits import DEFAULT_LIMITS, DecodeLimits
+from .recipe import Recipe
+
+__all__ = [
+    "EncodeOptions",
+    "TensorCode",
+    "TensorRecord",
+    "encode_tensor",
+    "parse_tensor",
+    "decode_tensor",
+    "check_name",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeOptions:
+    """Stream parameters an encoder chooses (they do not change decoded values).
+
+    Attributes:
+        chunk_log: Huffman chunks hold ``2**chunk_log`` symbols (spec 5.2).
+        max_code_length: cap on Huffman code lengths (spec allows up to 16).
+    """
+
+    chunk_log: int = DEFAULT_CHUNK_LOG
+    max_code_length: int = DEFAULT_MAX_CODE_LENGTH
+
+
+DEFAULT_OPTIONS = EncodeOptions()
+
+
+def check_name(name: str, max_bytes: int = DEFAULT_LIMITS.max_name_bytes) -> bytes:
+    """UTF-8 bytes of a tensor name, or EncodeError if the format forbids it (TEN-1, TEN-2)."""
+    if not isinstance(name, str):
+        raise EncodeError(f"tensor names are strings, got {type(name).__name__}")
+    raw = name.encode("utf-8", "strict") if _encodable(name) else None
+    if raw is None:
+        raise EncodeError(f"tensor name {name!r} is not encodable as UTF-8")
+    if not 1 <= len(raw) <= max_bytes:
+        raise EncodeError(f"tensor name must have 1..{max_bytes} UTF-8 bytes, has {len(raw)}")
+    bad = _control_char(name)
+    if bad is not None:
+        raise EncodeError(f"tensor name {name!r} contains control character U+{ord(bad):04X}")
+    return raw
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8", "strict")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _control_char(text: str) -> str | None:
+    for ch in text:
+        if ord(ch) < 0x20 or ord(ch) == 0x7F:
+            return ch
+    return None
+
+
+# ---------------------------------------------------------------------------
+# In-memory form
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(eq=False)
+class TensorCode:
+    """The content of one tensor record, before serialization.
+
+    Attributes:
+        name: tensor name (1..4096 UTF-8 bytes, no control characters).
+        dtype: element type.
+        shape: dimensions (rank 0..32).
+        layout: DENSE, RELATIVE or BITMAP.
+        values: RAW or CODEBOOK.
+        positions: sparse layouts: strictly increasing flat positions (int64).
+        index_bits: RELATIVE: the relative index width b.
+        codebook: CODEBOOK: the k stored centroids (storage dtype of ``codebook_dtype``).
+        codebook_dtype: CODEBOOK: their element type.
+        indices: CODEBOOK: centroid index of each stored element.
+        raw: RAW: stored element values (storage dtype of ``dtype``).
+        recipe: how the tensor was compressed, or None.
+    """
+
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+    layout: Layout = Layout.DENSE
+    values: Values = Values.RAW
+    positions: np.ndarray | None = None
+    index_bits: int | None = None
+    codebook: np.ndarray | None = None
+    codebook_dtype: DType | None = None
+    indices: np.ndarray | None = None
+    raw: np.ndarray | None = None
+    recipe: Recipe | None = None
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= int(d)
+        return n
+
+    @property
+    def nnz(self) -> int:
+        """Elements stored (all of them in the dense layout)."""
+        return self.numel if self.layout is Layout.DENSE else len(self.positions)
+
+    def stored_values(self) -> np.ndarray:
+        """Values of the stored elements, in the tensor's storage dtype."""
+        if self.values is Values.RAW:
+            return self.raw
+        book = widen(self.codebook, self.codebook_dtype, self.dtype)
+        return book.take(self.indices) if len(book) > 1 else np.repeat(book, self.nnz)
+
+    def reconstruct(self) -> np.ndarray:
+        """The exact array a conforming decoder returns for this record."""
+        vals = self.stored_values()
+        if self.layout is Layout.DENSE:
+            flat = vals
+        else:
+            flat = np.zeros(self.numel, dtype=self.dtype.storage)
+            flat[self.positions] = vals
+        return _present(flat.reshape(self.shape), self.dtype)
+
+
+def _present(storage: np.ndarray, dtype: DType) -> np.ndarray:
+    """Storage-dtype array -> the numpy dtype users get (native order, bfloat16 view)."""
+    target = dtype.numpy
+    if storage.dtype == target:
+        return storage
+    if dtype is DType.BFLOAT16:
+        return storage.view(target)
+    return storage.astype(target)
+
+
+# ---------------------------------------------------------------------------
+# Encoding
+# ---------------------------------------------------------------------------
+
+
+def _section(kind: SectionKind, body: bytes | list, optional: bool = False) -> list:
+    parts = body if isinstance(body, list) else [body]
+    size = sum(len(p) for p in parts)
+    return [bytes([kind, SECTION_OPTIONAL if optional else 0]) + uvar(size)] + parts
+
+
+def encode_tensor(code: TensorCode, options: EncodeOptions = DEFAULT_OPTIONS) -> tuple[bool, list]:
+    """Serialize a TensorCode into record body parts (spec 4).
+
+    Returns:
+        ``(aligned, parts)``: whether the record must start on a 64-byte
+        boundary (a dense raw payload of 64+ bytes, spec 3.2), and the body as a
+        list of bytes-like parts whose last part may be a large raw payload
+        (kept as a view so it is never copied).  The record header and CRC are
+        added by :mod:`dcfmt.container`.
+    """
+    name = check_name(code.name)
+    shape = tuple(int(d) for d in code.shape)
+    if len(shape) > MAX_RANK:
+        raise EncodeError(f"rank {len(shape)} exceeds the format's maximum {MAX_RANK}")
+    if any(d < 0 for d in shape):
+        raise EncodeError(f"negative dimension in shape {shape}")
+    _check_code(code)
+    head = bytearray()
+    head += uvar(len(name)) + name
+    head += bytes([code.dtype, len(shape)])
+    for d in shape:
+        head += uvar(d)
+    head += bytes([code.layout, code.values])
+    sections: list = []
+    if code.recipe is not None:
+        sections += _section(SectionKind.RECIPE, code.recipe.to_bytes(), optional=True)
+    if code.layout is Layout.RELATIVE:
+        sections += _section(SectionKind.RELATIVE, sparse.encode_relative(
+            code.positions, code.index_bits, code.numel, chunk_log=options.chunk_log,
+            max_length=options.max_code_length))
+    elif code.layout is Layout.BITMAP:
+        mask = np.zeros(code.numel, dtype=bool)
+        mask[code.positions] = True
+        sections += _section(SectionKind.BITMAP, sparse.encode_bitmap(mask))
+    if code.values is Values.CODEBOOK:
+        book = np.ascontiguousarray(code.codebook, dtype=code.codebook_dtype.storage)
+        sections += _section(SectionKind.CODEBOOK, bytes([code.codebook_dtype]) + uvar(len(book))
+                             + book.tobytes())
+        if len(book) > 1:
+            sections += _section(SectionKind.INDICES, huffman.encode_stream(
+                np.asarray(code.indices), len(book), max_length=options.max_code_length,
+                chunk_log=options.chunk_log))
+        aligned = False
+    else:
+        payload = memoryview(np.ascontiguousarray(code.raw, dtype=code.dtype.storage)).cast("B")
+        aligned = code.layout is Layout.DENSE and len(payload) >= ALIGN_MIN_PAYLOAD
+        pad = b""
+        if aligned:
+            pad = bytes(_raw_padding(len(head) + sum(len(p) for p in sections), len(payload)))
+        sections += _section(SectionKind.RAW, [pad, payload] if pad else [payload])
+    return aligned, [bytes(head)] + sections
+
+
+def _raw_padding(before: int, payload: int) -> int:
+    """Zero bytes before a dense raw payload so that it starts 64-aligned in its record.
+
+    The record starts aligned; the payload's record-relative offset is the
+    record header (kind, flags, body length), the body before the RAW
+    section, the section header and the padding -- and two of those lengths
+    are varints that grow with the padding, so the smallest fitting padding is
+    searched (spec 4.4).
+    """
+    for pad in range(ALIGNMENT):
+        section_len = pad + payload
+        body_len = before + 2 + len(uvar(section_len)) + section_len
+        offset = 2 + len(uvar(body_len)) + before + 2 + len(uvar(section_len)) + pad
+        if offset % ALIGNMENT == 0:
+            return pad
+    raise AssertionError("unreachable: some padding in 0..63 always fits")
+
+
+def _check_code(code: TensorCode) -> None:
+    """Reject a TensorCode that would produce an invalid record (writer duties)."""
+    numel = code.numel
+    if code.layout is not Layout.DENSE:
+        pos = np.asarray(code.positions)
+        if pos.ndim != 1 or (len(pos) and (pos[0] < 0 or pos[-1] >= numel)) \
+                or np.any(np.diff(pos) <= 0):
+            raise EncodeError(f"{code.name}: positions must be strictly increasing and in range")
+        if code.layout is Layout.RELATIVE and not 1 <= (code.index_bits or 0) <= 16:
+            raise EncodeError(f"{code.name}: relative index width must be 1..16")
+    nnz = code.nnz
+    if code.values is Values.CODEBOOK:
+        if code.codebook_dtype is None or not codebook_dtype_allowed(code.dtype, code.codebook_dtype):
+            raise EncodeError(f"{code.name}: codebook dtype {code.codebook_dtype} cannot serve "
+                              f"a {code.dtype.label} tensor")
+        k = len(code.codebook)
+        if not 1 <= k <= MAX_CODEBOOK:
+            raise EncodeError(f"{code.name}: codebook size {k} is outside 1..{MAX_CODEBOOK}")
+        if k > 1 and (code.indices is None or len(code.indices) != nnz):
+            raise EncodeError(f"{code.name}: need one index per stored element ({nnz})")
+        if k > 1 and nnz and (int(np.min(code.indices)) < 0 or int(np.max(code.indices)) >= k):
+            raise EncodeError(f"{code.name}: codebook index out of range")
+    else:
+        if code.raw is None or np.size(code.raw) != nnz:
+            raise EncodeError(f"{code.name}: need {nnz} raw values, got "
+                              f"{None if code.raw is None else np.size(code.raw)}")
+
+
+# ---------------------------------------------------------------------------
+# Parsing
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TensorRecord:
+    """A parsed tensor record: header fields and located, header-checked sections.
+
+    Nothing has been decoded yet; :func:`decode_tensor` does that.
+    """
+
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+    layout: Layout
+    values: Values
+    offset: int  # absolute offset of the record
+    size: int    # bytes of the whole record
+    recipe: Recipe | None = None
+    relative: sparse.Relative | None = None
+    bitmap: sparse.Bitmap | None = None
+    codebook: np.ndarray | None = None
+    codebook_dtype: DType | None = None
+    indices: huffman.Stream | None = None
+    raw: memoryview | None = None
+    raw_offset: int = 0
+    sections: dict = dataclasses.field(default_factory=dict)  # kind -> (offset, length)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nnz(self) -> int:
+        if self.layout is Layout.RELATIVE:
+            return self.relative.nnz
+        if self.layout is Layout.BITMAP:
+            return self.bitmap.nnz
+        return self.numel
+
+    @property
+    def decoded_bytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+
+_REQUIRED = {
+    Layout.DENSE: set(),
+    Layout.RELATIVE: {SectionKind.RELATIVE},
+    Layout.BITMAP: {SectionKind.BITMAP},
+}
+
+
+def parse_tensor(cur: Cursor, *, offset: int, size: int, aligned: bool,
+                 limits: DecodeLimits = DEFAULT_LIMITS) -> TensorRecord:
+    """Parse a tensor record body from ``cur`` (positioned at the body, ending at its end).
+
+    Applies rules TEN-*, SEC-*, VAL-1..VAL-5, RCP-*, SPA-1/2/5/6, HUF-1..HUF-10
+    and the limits; leaves only the checks that need decoding to
+    :func:`decode_tensor`.
+    """
+    at = cur.pos
+    name_len = cur.uvar("tensor name length")
+    if not 1 <= name_len <= limits.max_name_bytes:
+        if name_len == 0:
+            raise cur.fail(FormatError, "tensor name is empty", "TEN-1", at)
+        limits.check("tensor name length", name_len, "max_name_bytes", offset=cur.base + at)
+    name = cur.text(name_len, "tensor name", "TEN-1")
+    bad = _control_char(name)
+    if bad is not None:
+        raise cur.fail(FormatError, f"tensor name {name!r} contains control character "
+                       f"U+{ord(bad):04X}", "TEN-2", at)
+    cur.tensor = name
+    at = cur.pos
+    code = cur.u8("element type")
+    try:
+        dtype = from_code(code)
+    except UnsupportedFeatureError as exc:
+        raise exc.located(offset=cur.base + at, tensor=name)
+    at = cur.pos
+    rank = cur.u8("rank")
+    if rank > MAX_RANK:
+        raise cur.fail(FormatError, f"rank {rank} exceeds {MAX_RANK}", "TEN-3", at)
+    shape = tuple(cur.uvar(f"dimension {i}") for i in range(rank))
+    numel = 1
+    for d in shape:
+        numel *= d  # Python ints: no overflow however large the declared dims
+    limits.check("decoded tensor size", numel * dtype.itemsize, "max_tensor_bytes",
+                 offset=cur.base + at, tensor=name)
+    limits.check_expansion(numel * dtype.itemsize, size, offset=offset, tensor=name)
+    at = cur.pos
+    layout_code = cur.u8("layout")
+    values_code = cur.u8("values")
+    try:
+        layout = Layout(layout_code)
+    except ValueError:
+        raise UnsupportedFeatureError(f"unknown layout {layout_code}", offset=cur.base + at,
+                                      tensor=name, rule="TEN-5") from None
+    try:
+        values = Values(values_code)
+    except ValueError:
+        raise UnsupportedFeatureError(f"unknown value encoding {values_code}", offset=cur.base + at + 1,
+                                      tensor=name, rule="TEN-5") from None
+    rec = TensorRecord(name, dtype, shape, layout, values, offset, size)
+    seen = []
+    last = 0
+    while cur.remaining:
+        at = cur.pos
+        kind = cur.u8("section kind")
+        flags = cur.u8("section flags")
+        length = cur.uvar("section length")
+        cur.need(length, f"section {kind}")
+        body = Cursor(cur.buf, cur.base, overrun=FormatError, overrun_rule="SEC-5", tensor=name,
+                      start=cur.pos, end=cur.pos + length)
+        cur.pos += length
+        if kind <= last:
+            raise body.fail(FormatError, f"section kind {kind} after kind {last}: sections must "
+                            "appear once each, in ascending kind order", "SEC-1", at)
+        last = kind
+        if flags & ~SECTION_KNOWN_FLAGS:
+            raise body.fail(FormatError, f"section flags 0x{flags:02x} set reserved bits", "SEC-2",
+                            at + 1)
+        try:
+            skind = SectionKind(kind)
+        except ValueError:
+            if flags & SECTION_OPTIONAL:
+                continue  # unknown optional section: skip (spec 4.2)
+            raise UnsupportedFeatureError(f"unknown critical section kind {kind}",
+                                          offset=cur.base + at, tensor=name, rule="SEC-3") from None
+        if bool(flags & SECTION_OPTIONAL) != (skind in OPTIONAL_SECTIONS):
+            raise body.fail(FormatError, f"section {skind.name} has the wrong optional flag", "SEC-2",
+                            at + 1)
+        rec.sections[skind] = (cur.base + body.pos, length)
+        seen.append(skind)
+        _parse_section(rec, skind, body, numel, aligned, offset, limits)
+        body.done(f"section {skind.name}", "SEC-5")
+    _check_sections(rec, set(seen), cur, aligned)
+    return rec
+
+
+def _parse_section(rec: TensorRecord, kind: SectionKind, body: Cursor, numel: int,
+                   aligned: bool, record_offset: int, limits: DecodeLimits) -> None:
+    if kind is SectionKind.RECIPE:
+        rec.recipe = Recipe.parse(body)
+    elif kind is SectionKind.RELATIVE:
+        rec.relative = sparse.parse_relative(body, numel)
+    elif kind is SectionKind.BITMAP:
+        rec.bitmap = sparse.parse_bitmap(body, numel)
+    elif kind is SectionKind.CODEBOOK:
+        at = body.pos
+        code = body.u8("codebook element type")
+        try:
+            cdtype = from_code(code)
+        except UnsupportedFeatureError as exc:
+            raise exc.located(offset=body.base + at, tensor=rec.name)
+        if not codebook_dtype_allowed(rec.dtype, cdtype):
+            raise body.fail(FormatError, f"a {cdtype.label} codebook cannot serve a "
+                            f"{rec.dtype.label} tensor", "VAL-2", at)
+        at = body.pos
+        k = body.uvar("codebook size")
+        if not 1 <= k <= MAX_CODEBOOK:
+            raise body.fail(FormatError, f"codebook size {k} is outside 1..{MAX_CODEBOOK}", "VAL-3", at)
+        at = body.pos
+        raw = body.take(k * cdtype.itemsize, "codebook values")
+        book = np.frombuffer(raw, dtype=cdtype.storage)
+        if cdtype is DType.BOOL and np.any(np.frombuffer(raw, np.uint8) > 1):
+            raise body.fail(FormatError, "bool codebook value is not 0 or 1", "VAL-1", at)
+        rec.codebook = book
+        rec.codebook_dtype = cdtype
+    elif kind is SectionKind.INDICES:
+        k = len(rec.codebook) if rec.codebook is not None else 0
+        if k < 2:
+            raise body.fail(FormatError, "INDICES section without a codebook of 2+ entries", "SEC-4")
+        at = body.pos
+        nnz = _stored_count(rec, body)
+        rec.indices = huffman.parse_stream(body, k, "codebook index stream")
+        if rec.indices.n_symbols != nnz:
+            raise body.fail(FormatError, f"{rec.indices.n_symbols} codebook indices for {rec.nnz} "
+                            "stored elements", "VAL-4", at)
+    elif kind is SectionKind.RAW:
+        count = _stored_count(rec, body)
+        want = count * rec.dtype.itemsize
+        pad = body.remaining - want
+        expected_pad = 0
+        if aligned:
+            expected_pad = (-(body.base + body.pos - record_offset)) % ALIGNMENT
+        if pad != expected_pad:
+            raise body.fail(FormatError, f"RAW section holds {body.remaining} bytes, expected "
+                            f"{expected_pad} padding + {count} x {rec.dtype.itemsize}", "VAL-5")
+        if pad and any(body.take(pad, "raw padding")):
+            raise body.fail(FormatError, "raw padding bytes are not zero", "VAL-5", body.pos - pad)
+        rec.raw_offset = body.base + body.pos
+        rec.raw = body.take(want, "raw values")
+        if rec.dtype is DType.BOOL and want and int(np.frombuffer(rec.raw, np.uint8).max()) > 1:
+            raise body.fail(FormatError, "bool value is not 0 or 1", "VAL-1", body.pos - want)
+
+
+def _stored_count(rec: TensorRecord, body: Cursor) -> int:
+    """Stored elements, once the positions section (which precedes values) was read."""
+    if (rec.layout is Layout.RELATIVE and rec.relative is None) or \
+            (rec.layout is Layout.BITMAP and rec.bitmap is None):
+        raise body.fail(FormatError, f"{rec.layout.name} layout without its positions section "
+                        "before the values", "SEC-4")
+    return rec.nnz
+
+
+def _check_sections(rec: TensorRecord, seen: set, cur: Cursor, aligned: bool) -> None:
+    need = set(_REQUIRED[rec.layout])
+    if rec.values is Values.RAW:
+        need.add(SectionKind.RAW)
+    else:
+        need.add(SectionKind.CODEBOOK)
+        if rec.codebook is not None and len(rec.codebook) > 1:
+            need.add(SectionKind.INDICES)
+    have = seen - OPTIONAL_SECTIONS
+    if have != need:
+        missing = sorted(k.name for k in need - have)
+        extra = sorted(k.name for k in have - need)
+        raise FormatError(
+            f"{rec.layout.name.lower()}/{rec.values.name.lower()} record needs sections "
+            f"{sorted(k.name for k in need)}; missing {missing}, unexpected {extra}",
+            offset=rec.offset, tensor=rec.name, rule="SEC-4")
+    should_align = (rec.layout is Layout.DENSE and rec.values is Values.RAW
+                    and rec.numel * rec.dtype.itemsize >= ALIGN_MIN_PAYLOAD)
+    if aligned != should_align:
+        raise FormatError(f"record ALIGNED flag is {int(aligned)}, must be {int(should_align)}",
+                          offset=rec.offset, tensor=rec.name, rule="RCD-4")
+
+
+# ---------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------
+
+
+def decode_tensor(rec: TensorRecord, *, copy: bool = True, method: str = "auto") -> np.ndarray:
+    """Decode a parsed record into an ndarray of its dtype and shape (spec 4.5).
+
+    Args:
+        rec: the record, from :func:`parse_tensor`.
+        copy: for dense raw records, False returns a read-only zero-copy view
+            of the record's buffer; True (default) returns an owned array.
+        method: Huffman decoder choice (see :func:`dcfmt.huffman.decode`).
+
+    Raises:
+        FormatError: a check that needs decoding failed (HUF-11, SPA-2..5).
+    """
+    name = rec.name
+    if rec.layout is Layout.DENSE and rec.values is Values.RAW:
+        arr = np.frombuffer(rec.raw, dtype=rec.dtype.storage)
+        if copy:
+            arr = arr.copy()
+        return _present(arr.reshape(rec.shape), rec.dtype)
+    positions = None
+    if rec.layout is Layout.RELATIVE:
+        positions, _ = sparse.decode_relative(rec.relative, rec.numel, name)
+    elif rec.layout is Layout.BITMAP:
+        positions = sparse.decode_bitmap(rec.bitmap, rec.numel, name)
+    if rec.values is Values.RAW:
+        vals = np.frombuffer(rec.raw, dtype=rec.dtype.storage)
+    else:
+        book = widen(rec.codebook, rec.codebook_dtype, rec.dtype)
+        if len(book) == 1:
+            vals = np.repeat(book, rec.nnz)
+        else:
+            idx = huffman.decode(rec.indices, "codebook index stream", name, method=method)
+            vals = book.take(idx)
+    if positions is None:
+        flat = vals if vals.flags.writeable or not copy else vals.copy()
+    else:
+        flat = np.zeros(rec.numel, dtype=rec.dtype.storage)
+        flat[positions] = vals
+    return _present(flat.reshape(rec.shape), rec.dtype)
