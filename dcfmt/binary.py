@@ -61,7 +61,7 @@ class Cursor:
         base: int = 0,
         *,
         overrun: type[DczError] = FormatError,
-        overrun_rule: str = "FIL-9",
+        overrun_rule: str = "RCD-5",
         tensor: str | None = None,
         start: int = 0,
         end: int | None = None,
