@@ -164,3 +164,62 @@ class Cursor:
         """Raise unless every byte of the range was consumed (no trailing bytes)."""
         if self.pos != self.end:
             raise self.fail(FormatError, f"{self.end - self.pos} unexpected bytes after {what}", rule)
+
+
+# -- bit-packed unsigned arrays (spec 2.4) -------------------------------------
+
+
+def pack_uints(values, width: int) -> bytes:
+    """Pack non-negative integers in ``width`` bits each, LSB-first, zero-padded to a byte."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=np.uint64)
+    if width == 0 or len(v) == 0:
+        return b""
+    bits = ((v[:, None] >> np.arange(width, dtype=np.uint64)) & np.uint64(1)).astype(np.uint8)
+    return np.packbits(bits.reshape(-1), bitorder="little").tobytes()
+
+
+def packed_size(count: int, width: int) -> int:
+    """Bytes :func:`pack_uints` produces for ``count`` values of ``width`` bits."""
+    return (count * width + 7) // 8
+
+
+def write_packed(values) -> bytes:
+    """A packed array with its width byte: ``width u8`` then the values (spec 2.4).
+
+    The width is the bit length of the largest value (0 when all are 0), so the
+    encoding of an array is unique.
+    """
+    import numpy as np
+
+    v = np.asarray(values, dtype=np.int64)
+    width = int(v.max()).bit_length() if len(v) else 0
+    return bytes([width]) + pack_uints(v, width)
+
+
+def read_packed(cur: "Cursor", count: int, what: str, rule: str, max_width: int = 63):
+    """Read a packed array of ``count`` values written by :func:`write_packed`.
+
+    Checks that the width is at most ``max_width``, that it is minimal (the
+    largest value needs all its bits) and that the padding bits are zero.
+    """
+    import numpy as np
+
+    at = cur.pos
+    width = cur.u8(f"{what} width")
+    if width > max_width:
+        raise cur.fail(FormatError, f"{what}: width {width} exceeds {max_width}", rule, at)
+    nbytes = packed_size(count, width)
+    raw = np.frombuffer(cur.take(nbytes, what), dtype=np.uint8)
+    if count == 0 or width == 0:
+        return np.zeros(count, dtype=np.int64)
+    bits = np.unpackbits(raw, bitorder="little")
+    if bits[count * width :].any():
+        raise cur.fail(FormatError, f"{what}: padding bits are not zero", rule, at + nbytes)
+    weights = np.left_shift(np.int64(1), np.arange(width, dtype=np.int64))
+    values = bits[: count * width].reshape(count, width).astype(np.int64) @ weights
+    if int(values.max()).bit_length() != width:
+        raise cur.fail(FormatError, f"{what}: width {width} is not the bit length of the largest "
+                       "value", rule, at)
+    return values

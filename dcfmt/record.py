@@ -17,7 +17,7 @@ import dataclasses
 import numpy as np
 
 from . import huffman, sparse
-from .binary import Cursor, uvar
+from .binary import Cursor, uvar, uvar_size
 from .constants import (
     ALIGN_MIN_PAYLOAD,
     ALIGNMENT,
@@ -230,27 +230,34 @@ def encode_tensor(code: TensorCode, options: EncodeOptions = DEFAULT_OPTIONS) ->
         aligned = code.layout is Layout.DENSE and len(payload) >= ALIGN_MIN_PAYLOAD
         pad = b""
         if aligned:
-            pad = bytes(_raw_padding(len(head) + sum(len(p) for p in sections), len(payload)))
+            pad = bytes(raw_padding(len(head) + sum(len(p) for p in sections), len(payload)))
         sections += _section(SectionKind.RAW, [pad, payload] if pad else [payload])
     return aligned, [bytes(head)] + sections
 
 
-def _raw_padding(before: int, payload: int) -> int:
-    """Zero bytes before a dense raw payload so that it starts 64-aligned in its record.
+def payload_offset(before: int, pad: int, payload: int, after: int = 0) -> int:
+    """Record-relative offset of a RAW payload preceded by ``pad`` zero bytes.
 
-    The record starts aligned; the payload's record-relative offset is the
-    record header (kind, flags, body length), the body before the RAW
-    section, the section header and the padding -- and two of those lengths
-    are varints that grow with the padding, so the smallest fitting padding is
-    searched (spec 4.4).
+    ``before`` is the body bytes before the RAW section header and ``after``
+    the body bytes after the section.  The record header and the section
+    header end in varint lengths that grow with the padding, which is why the
+    padding cannot simply be ``-offset % 64`` (spec 4.4).
     """
-    for pad in range(ALIGNMENT):
-        section_len = pad + payload
-        body_len = before + 2 + len(uvar(section_len)) + section_len
-        offset = 2 + len(uvar(body_len)) + before + 2 + len(uvar(section_len)) + pad
-        if offset % ALIGNMENT == 0:
+    section_len = pad + payload
+    body_len = before + 2 + uvar_size(section_len) + section_len + after
+    return 2 + uvar_size(body_len) + before + 2 + uvar_size(section_len) + pad
+
+
+def raw_padding(before: int, payload: int, after: int = 0) -> int:
+    """The smallest padding (0..127) that puts a dense raw payload on a 64-byte boundary.
+
+    One of any 128 consecutive paddings always fits: the offset grows by one
+    per padding byte, and at most one varint grows by a byte in that range.
+    """
+    for pad in range(2 * ALIGNMENT):
+        if payload_offset(before, pad, payload, after) % ALIGNMENT == 0:
             return pad
-    raise AssertionError("unreachable: some padding in 0..63 always fits")
+    raise AssertionError("unreachable: one of 128 consecutive paddings fits")
 
 
 def _check_code(code: TensorCode) -> None:
@@ -418,14 +425,15 @@ def parse_tensor(cur: Cursor, *, offset: int, size: int, aligned: bool,
                             at + 1)
         rec.sections[skind] = (cur.base + body.pos, length)
         seen.append(skind)
-        _parse_section(rec, skind, body, numel, aligned, offset, limits)
+        _parse_section(rec, skind, body, numel, aligned, at, limits)
         body.done(f"section {skind.name}", "SEC-5")
     _check_sections(rec, set(seen), cur, aligned)
     return rec
 
 
 def _parse_section(rec: TensorRecord, kind: SectionKind, body: Cursor, numel: int,
-                   aligned: bool, record_offset: int, limits: DecodeLimits) -> None:
+                   aligned: bool, header_at: int, limits: DecodeLimits) -> None:
+    """Parse one known section; ``header_at`` is its header's position in the body."""
     if kind is SectionKind.RECIPE:
         rec.recipe = Recipe.parse(body)
     elif kind is SectionKind.RELATIVE:
@@ -468,8 +476,11 @@ def _parse_section(rec: TensorRecord, kind: SectionKind, body: Cursor, numel: in
         want = count * rec.dtype.itemsize
         pad = body.remaining - want
         expected_pad = 0
-        if aligned:
-            expected_pad = (-(body.base + body.pos - record_offset)) % ALIGNMENT
+        if aligned and pad >= 0:
+            # the body cursor starts at the record body, so header_at is the
+            # number of body bytes before this section
+            after = len(body.buf) - body.end
+            expected_pad = raw_padding(header_at, want, after)
         if pad != expected_pad:
             raise body.fail(FormatError, f"RAW section holds {body.remaining} bytes, expected "
                             f"{expected_pad} padding + {count} x {rec.dtype.itemsize}", "VAL-5")

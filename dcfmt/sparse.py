@@ -24,7 +24,7 @@ import dataclasses
 
 import numpy as np
 
-from .binary import Cursor, uvar
+from .binary import Cursor, packed_size, read_packed, uvar, write_packed
 from .constants import MAX_INDEX_BITS, MIN_INDEX_BITS
 from .errors import FormatError
 from . import huffman
@@ -117,7 +117,10 @@ def relative_cost(gap_hist, bits: int, numel: int, *, chunk_log: int,
     n_entries = int(freqs.sum())
     size = 1 + len(uvar(int(counts.sum()))) + stream_size(freqs, chunk_log, max_length)
     n_chunks = -(-n_entries // (1 << chunk_log))
-    size += 2 * max(n_chunks - 1, 0) * (4 if numel < 1 << 32 else 8)
+    if n_chunks > 1:
+        span = (numel // n_chunks) * 2 + 1
+        size += 2 + packed_size(n_chunks - 1, span.bit_length())
+        size += packed_size(n_chunks - 1, (2 * int(freqs[filler]) // n_chunks + 1).bit_length())
     return size, freqs
 
 
@@ -131,9 +134,11 @@ def stream_size(freqs: np.ndarray, chunk_log: int, max_length: int) -> int:
     max_len = int(lengths.max())
     n_lengths = int(np.flatnonzero(lengths)[-1]) + 1
     n_chunks = -(-n // (1 << chunk_log))
-    owidth = 4 if bits < 1 << 32 else 8
+    # chunk sizes: about bits per chunk, in that many bits each
+    table = 1 + packed_size(n_chunks - 1, int(bits * 2 // max(n_chunks, 1) + 1).bit_length()) \
+        if n_chunks > 1 else 0
     return (len(uvar(n)) + 1 + len(uvar(n_lengths)) + (n_lengths * max_len.bit_length() + 7) // 8
-            + 1 + len(uvar(bits)) + (n_chunks - 1) * owidth + (bits + 7) // 8)
+            + 1 + len(uvar(bits)) + table + (bits + 7) // 8)
 
 
 def gap_histogram(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -173,13 +178,20 @@ def encode_relative(positions: np.ndarray, bits: int, numel: int, *,
     stream = huffman.encode_stream(symbols, 1 << bits, max_length=max_length, chunk_log=chunk_log)
     parts = [bytes([bits]), uvar(len(positions)), stream]
     chunk = 1 << chunk_log
-    if len(symbols) > chunk:
-        adv, is_real = _advances(symbols, bits)
-        covered = np.concatenate([[0], np.cumsum(adv)])[chunk::chunk][: -(-len(symbols) // chunk) - 1]
-        reals = np.concatenate([[0], np.cumsum(is_real)])[chunk::chunk][: len(covered)]
-        dtype = "<u4" if numel < 1 << 32 else "<u8"
-        parts += [covered.astype(dtype).tobytes(), reals.astype(dtype).tobytes()]
+    n_chunks = -(-len(symbols) // chunk)
+    if n_chunks > 1:
+        spans, fillers = _chunk_tables(symbols, bits, chunk, n_chunks)
+        parts += [write_packed(spans), write_packed(fillers)]
     return b"".join(parts)
+
+
+def _chunk_tables(symbols: np.ndarray, bits: int, chunk: int, n_chunks: int):
+    """Positions covered by, and filler entries in, each chunk but the last."""
+    adv, is_real = _advances(symbols, bits)
+    cut = (n_chunks - 1) * chunk
+    spans = adv[:cut].reshape(n_chunks - 1, chunk).sum(axis=1)
+    fillers = chunk - is_real[:cut].reshape(n_chunks - 1, chunk).sum(axis=1)
+    return spans, fillers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,20 +227,20 @@ def parse_relative(cur: Cursor, numel: int) -> Relative:
     covered = np.zeros(max(n_chunks, 1), dtype=np.int64)
     reals = np.zeros(max(n_chunks, 1), dtype=np.int64)
     if n_chunks > 1:
-        width = 4 if numel < 1 << 32 else 8
-        dtype = "<u4" if width == 4 else "<u8"
         at = cur.pos
-        covered[1:] = np.frombuffer(cur.take((n_chunks - 1) * width, "chunk position table"), dtype)
-        reals[1:] = np.frombuffer(cur.take((n_chunks - 1) * width, "chunk element table"), dtype)
         chunk = stream.chunk
-        dc = np.diff(covered)
-        dr = np.diff(reals)
-        # each full chunk covers at least one position per entry, and at most
-        # 2**bits - 1; it holds at most one element per entry
         filler = (1 << bits) - 1
-        if (np.any(dc < 1) or np.any(dc > chunk * filler) or np.any(dr < 0) or np.any(dr > chunk)
-                or covered[-1] >= numel or reals[-1] > nnz):
-            raise cur.fail(FormatError, "chunk tables of the relative index are inconsistent",
+        spans = read_packed(cur, n_chunks - 1, "chunk span table", "SPA-5", max_width=40)
+        fillers = read_packed(cur, n_chunks - 1, "chunk filler table", "SPA-5", max_width=16)
+        # a full chunk covers at least one position per entry and at most 2**b - 1;
+        # fillers cannot outnumber its entries
+        if np.any(spans < chunk) or np.any(spans > chunk * filler) or np.any(fillers > chunk):
+            raise cur.fail(FormatError, "chunk tables of the relative index are out of range",
+                           "SPA-5", at)
+        covered[1:] = np.cumsum(spans)
+        reals[1:] = np.arange(1, n_chunks) * chunk - np.cumsum(fillers)
+        if covered[-1] >= numel or reals[-1] > nnz:
+            raise cur.fail(FormatError, "chunk tables of the relative index exceed the tensor",
                            "SPA-5", at)
     return Relative(bits, nnz, stream, covered, reals)
 
