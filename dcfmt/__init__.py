@@ -26,18 +26,21 @@ from .errors import (
     UnsupportedFeatureError,
     VersionError,
 )
+from .lazy import LazyFile, open
 from .limits import DEFAULT_LIMITS, DecodeLimits
 from .plan import ErrorBoundedPlan, FixedPlan, LosslessPlan, PaperPlan, Plan, RulePlan, resolve_plan
 from .reader import Reader
 from .recipe import Recipe
 from .record import EncodeOptions, TensorCode
+from .validate import Finding, Report, validate
 from .writer import Writer
 
 __version__ = "0.1.0"
 FORMAT_VERSION = (1, 0)
 
 __all__ = [
-    "save", "load", "load_metadata", "encode", "decode",
+    "save", "load", "load_metadata", "encode", "decode", "open", "LazyFile",
+    "validate", "Report", "Finding",
     "Writer", "Reader",
     "Plan", "LosslessPlan", "ErrorBoundedPlan", "PaperPlan", "FixedPlan", "RulePlan", "resolve_plan",
     "TensorCode", "Recipe", "EncodeOptions", "DType", "Layout", "Values",

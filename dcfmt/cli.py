@@ -2,6 +2,8 @@
 
 Exit codes are stable (spec 10): 0 success, 1 invalid file, 2 usage error,
 3 I/O error, 4 limit exceeded, 5 unsupported version or critical feature.
+``dcz validate`` with several files exits with the code of the worst one,
+ranked I/O error > limit > unsupported > invalid > valid.
 Errors print one line on stderr; ``--debug`` adds the traceback.
 """
 
@@ -48,14 +50,16 @@ def _fmt_bytes(n: int) -> str:
 
 
 def cmd_info(args) -> int:
-    """Per-tensor table of a file: where the bits went (the paper's Tables 2-5)."""
-    from .stats import tensor_stats
-    from .reader import Reader
+    """Per-tensor table of a file: where the bits went (the paper's Tables 2-5).
 
-    with Reader(args.file) as r:
-        meta = r.metadata
-        stats = [tensor_stats(rec) for rec in r.records()]
-        version = r.header
+    Uses the lazy loader: reads the index and each record's headers, decodes nothing.
+    """
+    from .lazy import open as lazy_open
+
+    with lazy_open(args.file) as f:
+        meta = f.metadata()
+        stats = [f.stats(name) for name in f.keys()]
+        version = f.header
     file_size = os.path.getsize(args.file)
     total_decoded = sum(s.decoded_bytes for s in stats)
     if args.json:
@@ -66,7 +70,8 @@ def cmd_info(args) -> int:
             "metadata": meta, "tensors": [s.to_dict() for s in stats],
         }, indent=2))
         return EXIT_OK
-    print(f"{args.file}: .dcz format {version.major}.{version.minor}, {len(stats)} tensors, "
+    print(f"{args.file}: .dcz format {version.major}.{version.minor}, {len(stats)} "
+          f"tensor{'s' if len(stats) != 1 else ''}, "
           f"{_fmt_bytes(file_size)}")
     for key, value in meta.items():
         print(f"  {key} = {value!r}")
@@ -95,6 +100,38 @@ def cmd_info(args) -> int:
     return EXIT_OK
 
 
+def cmd_validate(args) -> int:
+    """Validate files against the spec; one line per finding; exit code by the worst file."""
+    from .validate import severity, validate
+
+    worst = EXIT_OK
+    order = {EXIT_OK: 0, EXIT_INVALID: 1, EXIT_UNSUPPORTED: 2, EXIT_LIMIT: 3, EXIT_IO: 4}
+    results = []
+    for path in args.files:
+        try:
+            report = validate(path, checksums=not args.no_checksums)
+        except OSError as exc:
+            code = EXIT_IO
+            results.append({"path": path, "valid": False, "io_error": str(exc)})
+            if not args.json:
+                print(f"{path}: I/O error: {exc.strerror or exc}", file=sys.stderr)
+        else:
+            code = {"valid": EXIT_OK, "invalid": EXIT_INVALID, "limit": EXIT_LIMIT,
+                    "unsupported": EXIT_UNSUPPORTED}[severity(report)]
+            results.append(report.to_dict())
+            if not args.json:
+                if report.valid:
+                    print(f"{path}: valid (.dcz {report.version}, {report.tensors} tensor{'s' if report.tensors != 1 else ''}, "
+                          f"{report.file_bytes} bytes{'' if report.checksums else ', checksums not checked'})")
+                for finding in report.findings:
+                    print(finding.line(path))
+        if order[code] > order[worst]:
+            worst = code
+    if args.json:
+        print(json.dumps(results if len(results) > 1 else results[0], indent=2))
+    return worst
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcz", description="The .dcz Deep Compression format.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -103,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_info)
+    p = sub.add_parser("validate", help="check files against the .dcz specification")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument("--no-checksums", action="store_true",
+                   help="skip CRC-32 checks (every other rule is still checked)")
+    p.set_defaults(func=cmd_validate)
     return parser
 
 
@@ -115,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dcz: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of our output went away (dcz info | head): not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except (DczError, OSError) as exc:
         if args.debug:
             raise

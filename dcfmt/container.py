@@ -96,8 +96,8 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
-def parse_header(data: bytes) -> FileHeader:
-    """Check the 16 bytes at offset 0 (rules HDR-1..HDR-4)."""
+def parse_header(data: bytes, *, checksum: bool = True) -> FileHeader:
+    """Check the 16 bytes at offset 0 (rules HDR-1..HDR-4; HDR-4 unless ``checksum=False``)."""
     if len(data) < FILE_HEADER_SIZE:
         if MAGIC.startswith(bytes(data[: len(MAGIC)])):
             raise TruncatedError(f"file has {len(data)} bytes, a .dcz header needs {FILE_HEADER_SIZE}",
@@ -111,7 +111,7 @@ def parse_header(data: bytes) -> FileHeader:
     if major != VERSION_MAJOR:
         raise VersionError(f"format version {major}.{minor} is not supported (this reader reads "
                            f"{VERSION_MAJOR}.x)", offset=8, rule="HDR-2")
-    if crc32(bytes(data[:12])) != crc:
+    if checksum and crc32(bytes(data[:12])) != crc:
         raise ChecksumError(f"file header CRC-32 is 0x{crc:08x}, computed 0x{crc32(bytes(data[:12])):08x}",
                             offset=12, rule="HDR-4")
     unknown = flags & HEADER_CRITICAL_MASK & ~HEADER_KNOWN_FLAGS
@@ -132,14 +132,14 @@ def encode_trailer(index_offset: int) -> bytes:
     return head + struct.pack("<I", crc32(head)) + END_MAGIC
 
 
-def parse_trailer(data: bytes, file_size: int) -> int:
-    """Check the last 16 bytes (TRL-1..TRL-3) and return the index offset."""
+def parse_trailer(data: bytes, file_size: int, *, checksum: bool = True) -> int:
+    """Check the last 16 bytes (TRL-1..TRL-3; TRL-2 unless ``checksum=False``); return the index offset."""
     index_offset, crc, end = _TRAILER.unpack(bytes(data))
     at = file_size - TRAILER_SIZE
     if end != END_MAGIC:
         raise FormatError(f"trailer end magic is {end!r}, expected {END_MAGIC!r} (truncated file?)",
                           offset=at + 12, rule="TRL-1")
-    if crc32(bytes(data[:8])) != crc:
+    if checksum and crc32(bytes(data[:8])) != crc:
         raise ChecksumError("trailer CRC-32 mismatch", offset=at + 8, rule="TRL-2")
     if not FILE_HEADER_SIZE <= index_offset < at:
         raise FormatError(f"index offset {index_offset} is outside {FILE_HEADER_SIZE}..{at - 1}",
@@ -225,12 +225,18 @@ def parse_metadata(cur: Cursor, limits: DecodeLimits = DEFAULT_LIMITS) -> dict[s
         vlen = cur.uvar("metadata value length")
         vat = cur.pos
         vb = bytes(cur.take(vlen, "metadata value"))
+        # decode key and value separately so the error points at the bad one
+        # (exc.object is a copy, so it cannot tell which of the two failed)
         try:
             key = kb.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise cur.fail(FormatError, f"metadata key is not valid UTF-8 ({exc.reason})", "MET-3",
+                           at) from None
+        try:
             value = vb.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise cur.fail(FormatError, f"metadata is not valid UTF-8 ({exc.reason})", "MET-3",
-                           at if exc.object is kb else vat) from None
+            raise cur.fail(FormatError, f"metadata value is not valid UTF-8 ({exc.reason})", "MET-3",
+                           vat) from None
         if not kb or _has_control(key):
             raise cur.fail(FormatError, f"metadata key {key!r} is empty or has a control character",
                            "MET-2", at)

@@ -621,16 +621,20 @@ def decode_chunks(stream: Stream, first: int, last: int, what: str = "stream",
         return _decode_bitarray(stream, first, last, what, tensor)
     lanes = np.arange(first, last)
     counts = stream.chunk_counts()[first:last]
-    starts = stream.starts[first:last]
-    buf = _padded(stream.payload, (int(counts.max()) * stream.max_len + 7) // 8)
+    # copy only the payload bytes of these chunks (plus zero padding for over-reads)
+    byte0 = int(stream.starts[first]) >> 3
+    byte1 = (int(stream.chunk_ends()[last - 1]) + 7) >> 3
+    starts = stream.starts[first:last] - 8 * byte0
+    buf = _padded(stream.payload[byte0:byte1], (int(counts.max()) * stream.max_len + 7) // 8)
     symtab, lentab = _tables(stream)
     out = _out_array(len(lanes), stream.chunk, symtab.dtype)
     mask = np.int64((1 << stream.max_len) - 1)
     ends = _run_lanes(buf, starts, counts, symtab, lentab, np.asarray(mask), None,
                       stream.max_len, out)
-    _check_ends(stream, lanes, ends, what, tensor)
-    return out.reshape(-1)[: int(counts.sum())] if len(lanes) == 1 or counts[-1] != stream.chunk \
-        or len(out) != len(lanes) else out.reshape(-1)
+    _check_ends(stream, lanes, ends + 8 * byte0, what, tensor)
+    n = int(counts.sum())
+    flat = out.reshape(-1)
+    return flat if len(flat) == n else flat[:n]
 
 
 def decode(stream: Stream, what: str = "stream", tensor: str | None = None, *,
@@ -670,8 +674,10 @@ def decode_many(streams: list[Stream], what: str = "stream",
         lane_bases.append(np.full(len(counts), tbase, dtype=np.int64))
         tbase += len(symtab)
         placed.append(pbase)
-        # each stream's over-read stays inside zero padding of its own
-        pbase += len(s.payload) + (s.chunk * s.max_len + 7) // 8 + 8
+        # each stream's over-read stays inside zero padding of its own; every
+        # lane runs for as many steps as the longest chunk of *any* stream, at
+        # up to the largest max_len bits per step
+        pbase += len(s.payload) + (chunk * max_len + 7) // 8 + 8
     buf = np.zeros(pbase + 8, dtype=np.uint8)
     for i, at in zip(live, placed):
         buf[at : at + len(streams[i].payload)] = np.frombuffer(streams[i].payload, dtype=np.uint8)

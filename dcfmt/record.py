@@ -33,6 +33,7 @@ from .constants import (
     Values,
 )
 from .dtypes import DType, codebook_dtype_allowed, from_code, widen
+from .decoder import decode_range, present
 from .errors import EncodeError, FormatError, UnsupportedFeatureError
 from .limits import DEFAULT_LIMITS, DecodeLimits
 from .recipe import Recipe
@@ -158,17 +159,7 @@ class TensorCode:
         else:
             flat = np.zeros(self.numel, dtype=self.dtype.storage)
             flat[self.positions] = vals
-        return _present(flat.reshape(self.shape), self.dtype)
-
-
-def _present(storage: np.ndarray, dtype: DType) -> np.ndarray:
-    """Storage-dtype array -> the numpy dtype users get (native order, bfloat16 view)."""
-    target = dtype.numpy
-    if storage.dtype == target:
-        return storage
-    if dtype is DType.BFLOAT16:
-        return storage.view(target)
-    return storage.astype(target)
+        return present(flat, self.shape, self.dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -534,36 +525,15 @@ def decode_tensor(rec: TensorRecord, *, copy: bool = True, method: str = "auto")
 
     Args:
         rec: the record, from :func:`parse_tensor`.
-        copy: for dense raw records, False returns a read-only zero-copy view
-            of the record's buffer; True (default) returns an owned array.
+        copy: for dense raw records, False returns a zero-copy view of the
+            record's buffer (read-only if the buffer is); True (default)
+            returns an owned array.
         method: Huffman decoder choice (see :func:`dcfmt.huffman.decode`).
 
     Raises:
         FormatError: a check that needs decoding failed (HUF-11, SPA-2..5).
     """
-    name = rec.name
-    if rec.layout is Layout.DENSE and rec.values is Values.RAW:
-        arr = np.frombuffer(rec.raw, dtype=rec.dtype.storage)
-        if copy:
-            arr = arr.copy()
-        return _present(arr.reshape(rec.shape), rec.dtype)
-    positions = None
-    if rec.layout is Layout.RELATIVE:
-        positions, _ = sparse.decode_relative(rec.relative, rec.numel, name)
-    elif rec.layout is Layout.BITMAP:
-        positions = sparse.decode_bitmap(rec.bitmap, rec.numel, name)
-    if rec.values is Values.RAW:
-        vals = np.frombuffer(rec.raw, dtype=rec.dtype.storage)
-    else:
-        book = widen(rec.codebook, rec.codebook_dtype, rec.dtype)
-        if len(book) == 1:
-            vals = np.repeat(book, rec.nnz)
-        else:
-            idx = huffman.decode(rec.indices, "codebook index stream", name, method=method)
-            vals = book.take(idx)
-    if positions is None:
-        flat = vals if vals.flags.writeable or not copy else vals.copy()
-    else:
-        flat = np.zeros(rec.numel, dtype=rec.dtype.storage)
-        flat[positions] = vals
-    return _present(flat.reshape(rec.shape), rec.dtype)
+    flat = decode_range(rec, 0, rec.numel, method=method)
+    if copy and rec.layout is Layout.DENSE and rec.values is Values.RAW:
+        flat = flat.copy()
+    return present(flat, rec.shape, rec.dtype)

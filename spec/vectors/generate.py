@@ -194,14 +194,17 @@ def constant_codebook():
 @vector
 def max_code_length():
     """Index stream whose longest code is 16 bits (the format maximum)."""
-    k = 18
-    counts = [1, 1] + [2 ** i for i in range(k - 2)]  # Fibonacci-like skew -> 16-bit codes
+    fib = [1, 1]
+    while len(fib) < 17:
+        fib.append(fib[-1] + fib[-2])
+    counts = fib  # Fibonacci counts give the deepest Huffman tree: 16-bit codes
+    k = len(counts)
     idx = np.repeat(np.arange(k), counts)
     idx = RNG.permutation(idx)
     book = np.linspace(-1, 1, k).astype(np.float64)
     code = TensorCode("skewed", DType.FLOAT64, (len(idx),), values=Values.CODEBOOK, codebook=book,
                       codebook_dtype=DType.FLOAT64, indices=idx)
-    data = _write(lambda w: [_code(w, code)], options=EncodeOptions(max_code_length=16, chunk_log=12))
+    data = _write(lambda w: [_code(w, code)], options=EncodeOptions(max_code_length=16, chunk_log=10))
     return "maximum code length 16 in a Huffman table", data
 
 

@@ -1,0 +1,224 @@
+"""Decoding a tensor record, whole or a range of its elements, in bounded memory.
+
+Whole-tensor decoding and random access (``get_slice``) share one engine:
+:func:`decode_range` fills an output array block by block.  A block is a run of
+Huffman chunks; only its payload bytes are copied and only its symbols are
+held, so decoding one tensor costs its output plus a few megabytes, and a
+slice touches only the chunks that cover it.
+
+A whole decode checks every rule that needs decoding (spec 5.3, 6.1, 6.2):
+every chunk ends where the next begins, the relative index has exactly
+``nnz`` real entries and no trailing filler, positions stay in the tensor,
+and the chunk tables agree with the entries.  A partial decode checks what
+it decodes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import huffman, sparse
+from .constants import Layout, Values
+from .dtypes import DType, widen
+from .errors import FormatError
+
+__all__ = ["decode_range", "block_symbols"]
+
+#: Symbols decoded per block: large enough that lock-step decoding runs
+#: thousands of lanes per numpy call, small enough to bound the extra memory.
+MIN_BLOCK_SYMBOLS = 1 << 21
+MAX_BLOCK_SYMBOLS = 1 << 25
+
+
+def block_symbols(decoded_bytes: int) -> int:
+    """Symbols per block: about 5% of the decoded size, within fixed bounds."""
+    return int(min(MAX_BLOCK_SYMBOLS, max(MIN_BLOCK_SYMBOLS, decoded_bytes // 20)))
+
+
+def _chunks_for(stream: huffman.Stream, lo: int, hi: int) -> tuple[int, int]:
+    """Chunk range covering symbols [lo, hi)."""
+    c = stream.chunk
+    return lo // c, -(-hi // c)
+
+
+def _symbols(stream: huffman.Stream, lo: int, hi: int, what: str, tensor: str,
+             method: str) -> np.ndarray:
+    """Symbols [lo, hi) of ``stream``, decoding only the chunks that hold them."""
+    if hi <= lo:
+        return np.zeros(0, dtype=np.uint8)
+    c0, c1 = _chunks_for(stream, lo, hi)
+    syms = huffman.decode_chunks(stream, c0, c1, what, tensor, method=method)
+    base = c0 * stream.chunk
+    return syms[lo - base : hi - base]
+
+
+class _Values:
+    """Values of stored elements by their rank among stored elements."""
+
+    def __init__(self, rec, method: str) -> None:
+        self.rec = rec
+        self.method = method
+        if rec.values is Values.RAW:
+            self.raw = np.frombuffer(rec.raw, dtype=rec.dtype.storage)
+            self.book = None
+        else:
+            self.raw = None
+            self.book = widen(rec.codebook, rec.codebook_dtype, rec.dtype)
+
+    def get(self, lo: int, hi: int) -> np.ndarray:
+        if self.raw is not None:
+            return self.raw[lo:hi]
+        if len(self.book) == 1:
+            return np.repeat(self.book, hi - lo)
+        idx = _symbols(self.rec.indices, lo, hi, "codebook index stream", self.rec.name, self.method)
+        return self.book.take(idx)
+
+
+def decode_range(rec, start: int, stop: int, *, out: np.ndarray | None = None,
+                 method: str = "auto", full: bool | None = None) -> np.ndarray:
+    """Decode flat elements ``[start, stop)`` of a parsed tensor record.
+
+    Args:
+        rec: a TensorRecord from :func:`dcfmt.record.parse_tensor`.
+        start, stop: flat C-order element range, ``0 <= start <= stop <= numel``.
+        out: optional storage-dtype array of ``stop - start`` elements to fill.
+        method: Huffman decoder ("auto", "lockstep", "bitarray").
+        full: apply the whole-tensor checks (default: when the range is the
+            whole tensor).
+
+    Returns:
+        A 1-D array in the tensor's storage dtype.  For dense raw records
+        without ``out`` this is a read-only view of the record's bytes.
+    """
+    numel = rec.numel
+    if not 0 <= start <= stop <= numel:
+        raise ValueError(f"element range [{start}, {stop}) outside 0..{numel}")
+    if full is None:
+        full = start == 0 and stop == numel
+    n = stop - start
+    dt = rec.dtype.storage
+    if rec.layout is Layout.DENSE and rec.values is Values.RAW:
+        view = np.frombuffer(rec.raw, dtype=dt, count=n, offset=start * rec.dtype.itemsize)
+        if out is None:
+            return view
+        out[:] = view
+        return out
+    if out is None:
+        out = np.zeros(n, dtype=dt) if rec.layout is not Layout.DENSE else np.empty(n, dtype=dt)
+    elif rec.layout is not Layout.DENSE:
+        out[:] = 0
+    values = _Values(rec, method)
+    block = block_symbols(rec.decoded_bytes)
+    if rec.layout is Layout.DENSE:
+        _dense(rec, values, start, stop, out, block)
+    elif rec.layout is Layout.RELATIVE:
+        _relative(rec, values, start, stop, out, block, full, method)
+    else:
+        _bitmap(rec, values, start, stop, out, full)
+    return out
+
+
+def _dense(rec, values: _Values, start: int, stop: int, out: np.ndarray, block: int) -> None:
+    if values.raw is not None or len(values.book) == 1 or rec.indices is None:
+        out[:] = values.get(start, stop)
+        return
+    chunk = rec.indices.chunk
+    block = max(chunk, block // chunk * chunk)
+    pos = start
+    while pos < stop:
+        # blocks end on chunk boundaries so no chunk is decoded twice
+        end = min(stop, (pos // chunk) * chunk + block)
+        np.take(values.book, _symbols(rec.indices, pos, end, "codebook index stream", rec.name,
+                                      values.method), out=out[pos - start : end - start])
+        pos = end
+
+
+def _relative(rec, values: _Values, start: int, stop: int, out: np.ndarray, block: int,
+              full: bool, method: str) -> None:
+    rel = rec.relative
+    stream = rel.stream
+    if stream.n_symbols == 0:
+        return
+    covered = rel.covered
+    n_chunks = stream.n_chunks
+    if full:
+        g0, g1 = 0, n_chunks
+    else:
+        # gap chunks whose positions can fall in [start, stop)
+        g0 = max(0, int(np.searchsorted(covered, start, side="right")) - 1)
+        g1 = int(np.searchsorted(covered, stop, side="left"))
+        g1 = max(g1, g0 + 1)
+        g1 = min(g1, n_chunks)
+    chunk = stream.chunk
+    per = max(1, block // chunk)
+    reals_seen = 0
+    filler = (1 << rel.bits) - 1
+    last_symbol = None
+    for b0 in range(g0, g1, per):
+        b1 = min(g1, b0 + per)
+        syms = huffman.decode_chunks(stream, b0, b1, "relative index stream", rec.name,
+                                     method=method)
+        positions, is_real = sparse.relative_positions(syms, rel.bits, int(covered[b0]))
+        r0 = int(rel.reals[b0])
+        if full:
+            _check_tables(rec, syms, b0, b1)
+            reals_seen += len(positions)
+            last_symbol = int(syms[-1])
+        if len(positions) and int(positions[-1]) >= rec.numel:
+            raise FormatError(f"relative index: position {int(positions[-1])} is outside a tensor "
+                              f"of {rec.numel} elements", offset=stream.offset, tensor=rec.name,
+                              rule="SPA-4")
+        lo = int(np.searchsorted(positions, start, side="left"))
+        hi = int(np.searchsorted(positions, stop, side="left"))
+        if hi > lo:
+            out[positions[lo:hi] - start] = values.get(r0 + lo, r0 + hi)
+    if full:
+        if last_symbol == filler:
+            raise FormatError("relative index: the last entry is a filler", offset=stream.offset,
+                              tensor=rec.name, rule="SPA-3")
+        if reals_seen != rel.nnz:
+            raise FormatError(f"relative index: {reals_seen} real entries, header says {rel.nnz}",
+                              offset=stream.offset, tensor=rec.name, rule="SPA-2")
+
+
+def _check_tables(rec, syms: np.ndarray, b0: int, b1: int) -> None:
+    """SPA-5: the stored chunk tables agree with the decoded entries of chunks b0..b1-1."""
+    rel = rec.relative
+    if rel.stream.n_chunks < 2:
+        return
+    chunk = rel.stream.chunk
+    adv, is_real = sparse._advances(syms, rel.bits)
+    edges = np.arange(0, len(syms), chunk)
+    covered = int(rel.covered[b0]) + np.concatenate([[0], np.cumsum(np.add.reduceat(adv, edges))])
+    reals = int(rel.reals[b0]) + np.concatenate([[0], np.cumsum(np.add.reduceat(is_real, edges))])
+    want_c = rel.covered[b0 : b1 + 1] if b1 < rel.stream.n_chunks else rel.covered[b0:b1]
+    want_r = rel.reals[b0 : b1 + 1] if b1 < rel.stream.n_chunks else rel.reals[b0:b1]
+    if not (np.array_equal(covered[: len(want_c)], want_c) and np.array_equal(reals[: len(want_r)], want_r)):
+        raise FormatError("relative index: chunk tables disagree with the decoded entries",
+                          offset=rel.stream.offset, tensor=rec.name, rule="SPA-5")
+
+
+def _bitmap(rec, values: _Values, start: int, stop: int, out: np.ndarray, full: bool) -> None:
+    bm = rec.bitmap
+    if full:
+        positions = sparse.decode_bitmap(bm, rec.numel, rec.name)
+        if len(positions):
+            out[positions] = values.get(0, len(positions))
+        return
+    before = sparse.bitmap_count_before(bm, start)
+    b0, b1 = start // 8, -(-stop // 8)
+    bits = np.unpackbits(np.frombuffer(bm.bits, dtype=np.uint8)[b0:b1], bitorder="little")
+    local = np.flatnonzero(bits[start - 8 * b0 : stop - 8 * b0])
+    if len(local):
+        out[local] = values.get(before, before + len(local))
+
+
+def present(flat: np.ndarray, shape: tuple, dtype: DType) -> np.ndarray:
+    """Storage-dtype flat array -> the array users get (shape, native order, bfloat16 view)."""
+    arr = flat.reshape(shape)
+    target = dtype.numpy
+    if arr.dtype == target:
+        return arr
+    if dtype is DType.BFLOAT16:
+        return arr.view(target)
+    return arr.astype(target)
