@@ -19,7 +19,9 @@ import gc
 import io
 import json
 import math
+import os
 import sys
+import tempfile
 import time
 import tracemalloc
 
@@ -27,6 +29,7 @@ import numpy as np
 
 from . import huffman
 from .binary import Cursor
+from .writer import Writer
 
 
 def _best(fn, repeat: int) -> tuple[float, object]:
@@ -134,6 +137,124 @@ def tensor_table(numel: int, repeat: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def _rss() -> int:
+    """Resident set size of this process in bytes (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # pragma: no cover - non-Linux
+        return 0
+
+
+def lazy_table(directory: str, file_bytes: int, slice_weights: int, repeat: int) -> list[dict]:
+    """The lazy loader: open cost, slicing vs whole decode, decode peak, raw load vs safetensors."""
+    from . import api
+    from .lazy import open as lazy_open
+    from .plan import FixedPlan, LosslessPlan
+
+    rows = []
+    rng = np.random.default_rng(1)
+    # 1. open a large file of raw tensors
+    path = os.path.join(directory, "big.dcz")
+    n_tensors = 256
+    per = file_bytes // n_tensors // 4
+    with Writer(path, plan=LosslessPlan()) as w:
+        block = rng.normal(size=per).astype(np.float32)
+        for i in range(n_tensors):
+            block[0] = i  # distinct tensors, cheap to make
+            w.write(f"layer{i:03d}.weight", block.reshape(-1, 256) if per % 256 == 0 else block)
+    size = os.path.getsize(path)
+    times, rss = [], []
+    for _ in range(max(3, repeat)):
+        gc.collect()
+        r0 = _rss()
+        t = time.perf_counter()
+        f = lazy_open(path)
+        times.append(time.perf_counter() - t)
+        rss.append(_rss() - r0)
+        index_bytes = size - f.entries[-1].offset - f.entries[-1].length
+        f.close()
+    rows.append({"measure": f"open a {size / 1e9:.2f} GB file ({n_tensors} tensors)",
+                 "value": f"{1e3 * min(times):.2f} ms", "detail":
+                 f"RSS +{max(rss) / 1e6:.2f} MB; index {index_bytes / 1e3:.1f} KB"})
+    os.unlink(path)
+    # 2. slice 1% of the rows of a large compressed tensor
+    path = os.path.join(directory, "slice.dcz")
+    cols = 1000
+    w_ = (rng.normal(size=(slice_weights // cols, cols)) * 0.05).astype(np.float32)
+    api.save({"w": w_}, path, plan=FixedPlan(bits=5))
+    decoded = w_.nbytes
+    del w_
+    with lazy_open(path) as f:
+        rec = f.record("w")
+        n_chunks = rec.indices.n_chunks
+        t_full, full = _best(lambda: f["w"], repeat)
+        del full
+        rows_n = rec.shape[0]
+        a = rows_n // 2
+        b = a + max(1, rows_n // 100)
+        calls = []
+        real = huffman.decode_chunks
+
+        def spy(stream, first, last, *args, **kw):
+            calls.append(last - first)
+            return real(stream, first, last, *args, **kw)
+
+        huffman.decode_chunks = spy
+        try:
+            f._verified.clear()  # the slice pays for checking the record's CRC again
+            t0 = time.perf_counter()
+            f.get_slice("w")[a:b]
+            t_slice = time.perf_counter() - t0
+        finally:
+            huffman.decode_chunks = real
+        gc.collect()
+        tracemalloc.start()
+        f["w"]
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    rows.append({"measure": f"decode a {slice_weights / 1e6:.0f}M-weight 5-bit tensor",
+                 "value": f"{t_full:.3f} s", "detail": f"{slice_weights / t_full / 1e6:.0f} M weights/s"})
+    rows.append({"measure": "get_slice of 1% of its rows", "value": f"{1e3 * t_slice:.1f} ms",
+                 "detail": f"{t_full / t_slice:.0f}x faster; {sum(calls)} of {n_chunks} chunks "
+                           f"({100 * sum(calls) / n_chunks:.2f}%), CRC included"})
+    rows.append({"measure": "peak memory decoding it", "value": f"{peak / 1e6:.0f} MB",
+                 "detail": f"{peak / decoded:.3f}x its decoded size ({decoded / 1e6:.0f} MB)"})
+    os.unlink(path)
+    # 3. raw tensor load vs safetensors
+    try:
+        from safetensors.numpy import save_file
+        from safetensors import safe_open
+    except ImportError:
+        rows.append({"measure": "raw load vs safetensors", "value": "n/a",
+                     "detail": "pip install safetensors to compare"})
+        return rows
+    raw = rng.normal(size=(4096, 4096)).astype(np.float32)
+    dpath = os.path.join(directory, "raw.dcz")
+    spath = os.path.join(directory, "raw.safetensors")
+    api.save({"w": raw}, dpath, plan=LosslessPlan())
+    save_file({"w": raw}, spath)
+
+    def st_load():
+        with safe_open(spath, framework="np") as f:
+            return f.get_tensor("w")
+
+    def dcz_load(verify=True):
+        with lazy_open(dpath, verify=verify) as f:
+            return f["w"]
+
+    t_st, _ = _best(st_load, repeat + 2)
+    t_dcz, _ = _best(dcz_load, repeat + 2)
+    t_nov, _ = _best(lambda: dcz_load(False), repeat + 2)
+    rows.append({"measure": f"load a {raw.nbytes / 1e6:.0f} MB raw tensor",
+                 "value": f"{1e3 * t_dcz:.1f} ms",
+                 "detail": f"safetensors get_tensor {1e3 * t_st:.1f} ms: dcz/st time {t_dcz / t_st:.2f}; "
+                           f"without CRC {1e3 * t_nov:.2f} ms (zero-copy)"})
+    os.unlink(dpath)
+    os.unlink(spath)
+    return rows
+
+
 def _print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
     head = [c[1] for c in columns]
     cells = [[format(r[c[0]], c[2]) if c[2] else str(r[c[0]]) for c in columns] for r in rows]
@@ -147,14 +268,22 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dcfmt.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument("--lazy", action="store_true",
+                        help="also benchmark the lazy loader (writes ~1 GB to --dir)")
+    parser.add_argument("--dir", default=None, help="directory for temporary files")
     args = parser.parse_args(argv)
     sizes = [10**5, 10**6] if args.quick else [10**6, 10**7]
     repeat = 1 if args.quick else 3
     numel = 1 << 20 if args.quick else 1 << 24
     hrows = huffman_table(sizes, repeat)
     trows = tensor_table(numel, repeat)
+    lrows = []
+    if args.lazy:
+        with tempfile.TemporaryDirectory(dir=args.dir) as d:
+            lrows = lazy_table(d, (64 << 20) if args.quick else (1 << 30),
+                               (4 << 20) if args.quick else 100_000_000, repeat)
     if args.json:
-        print(json.dumps({"huffman": hrows, "tensors": trows}, indent=2))
+        print(json.dumps({"huffman": hrows, "tensors": trows, "lazy": lrows}, indent=2))
         return 0
     print("Huffman streams (bits per symbol include the code table and chunk offsets)")
     _print_table(hrows, [("stream", "stream", ""), ("symbols", "symbols", ",d"),
@@ -169,6 +298,10 @@ def main(argv=None) -> int:
                          ("enc_MB_s", "enc MB/s", ".1f"), ("dec_MB_s", "dec MB/s", ".1f"),
                          ("dec_peak_MB", "dec peak MB", ".1f"),
                          ("dec_peak_over_output", "peak/output", ".2f")])
+    if lrows:
+        print()
+        print("Lazy loader (dcfmt.open)")
+        _print_table(lrows, [("measure", "measure", ""), ("value", "value", ""), ("detail", "detail", "")])
     return 0
 
 

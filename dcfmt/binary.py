@@ -10,11 +10,20 @@ of its buffer, so every error says where it happened.
 
 from __future__ import annotations
 
+import re
 import struct
 
 from .errors import DczError, FormatError
 
-__all__ = ["Cursor", "uvar", "uvar_size", "UVAR_MAX_BYTES"]
+__all__ = ["Cursor", "uvar", "uvar_size", "UVAR_MAX_BYTES", "control_char"]
+
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
+def control_char(text: str) -> str | None:
+    """The first C0 control character or DEL in ``text`` (forbidden in names and keys), or None."""
+    m = _CONTROL.search(text)
+    return m.group() if m else None
 
 UVAR_MAX_BYTES = 10
 _U16 = struct.Struct("<H")
@@ -134,6 +143,9 @@ class Cursor:
     def uvar(self, what: str) -> int:
         """Read a minimal unsigned LEB128 value below 2**64 (spec 2.2, rule PRI-1)."""
         start = self.pos
+        if start < self.end and self.buf[start] < 0x80:  # one-byte fast path
+            self.pos = start + 1
+            return self.buf[start]
         value = 0
         shift = 0
         for i in range(UVAR_MAX_BYTES):

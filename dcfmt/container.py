@@ -11,7 +11,7 @@ import dataclasses
 import struct
 import zlib
 
-from .binary import Cursor, uvar
+from .binary import Cursor, control_char, uvar
 from .constants import (
     END_MAGIC,
     FILE_HEADER_SIZE,
@@ -182,7 +182,7 @@ def check_record_flags(kind: int, flags: int, offset: int) -> None:
 
 
 def _has_control(text: str) -> bool:
-    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+    return control_char(text) is not None
 
 
 def encode_metadata(metadata: dict) -> bytes:

@@ -22,17 +22,25 @@ from .constants import Layout, Values
 from .dtypes import DType, widen
 from .errors import FormatError
 
-__all__ = ["decode_range", "block_symbols"]
+__all__ = ["decode_range", "block_items"]
 
-#: Symbols decoded per block: large enough that lock-step decoding runs
-#: thousands of lanes per numpy call, small enough to bound the extra memory.
-MIN_BLOCK_SYMBOLS = 1 << 21
-MAX_BLOCK_SYMBOLS = 1 << 25
+#: Working memory of one block: large enough that lock-step decoding runs
+#: thousands of lanes per numpy call, small enough to bound the extra memory
+#: (the larger of 6 MB and 10% of the decoded tensor, at most 64 MB).
+MIN_BLOCK_BYTES = 6 << 20
+MAX_BLOCK_BYTES = 64 << 20
+#: Working bytes per item: a dense index costs its symbol, the staging copy and
+#: the payload; a relative entry costs several int64 temporaries; a bitmap
+#: element costs an unpacked bit.
+_BYTES_PER_SYMBOL = 3
+_BYTES_PER_ENTRY = 48
+_BYTES_PER_BIT = 2
 
 
-def block_symbols(decoded_bytes: int) -> int:
-    """Symbols per block: about 5% of the decoded size, within fixed bounds."""
-    return int(min(MAX_BLOCK_SYMBOLS, max(MIN_BLOCK_SYMBOLS, decoded_bytes // 20)))
+def block_items(decoded_bytes: int, per_item: int) -> int:
+    """Items per block for a tensor of ``decoded_bytes`` whose items cost ``per_item`` bytes."""
+    budget = min(MAX_BLOCK_BYTES, max(MIN_BLOCK_BYTES, decoded_bytes // 10))
+    return max(1, budget // per_item)
 
 
 def _chunks_for(stream: huffman.Stream, lo: int, hi: int) -> tuple[int, int]:
@@ -50,6 +58,19 @@ def _symbols(stream: huffman.Stream, lo: int, hi: int, what: str, tensor: str,
     syms = huffman.decode_chunks(stream, c0, c1, what, tensor, method=method)
     base = c0 * stream.chunk
     return syms[lo - base : hi - base]
+
+
+_LOOKUP = 1 << 16  # indices converted to intp at a time by take()
+
+
+def _lookup(book: np.ndarray, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``book[idx]`` in pieces: take() converts indices to 8-byte intp, so a
+    whole block at once would cost 8 bytes per element of extra memory."""
+    if out is None:
+        out = np.empty(len(idx), dtype=book.dtype)
+    for a in range(0, len(idx), _LOOKUP):
+        book.take(idx[a : a + _LOOKUP], out=out[a : a + _LOOKUP], mode="clip")
+    return out
 
 
 class _Values:
@@ -71,7 +92,7 @@ class _Values:
         if len(self.book) == 1:
             return np.repeat(self.book, hi - lo)
         idx = _symbols(self.rec.indices, lo, hi, "codebook index stream", self.rec.name, self.method)
-        return self.book.take(idx)
+        return _lookup(self.book, idx)
 
 
 def decode_range(rec, start: int, stop: int, *, out: np.ndarray | None = None,
@@ -108,13 +129,13 @@ def decode_range(rec, start: int, stop: int, *, out: np.ndarray | None = None,
     elif rec.layout is not Layout.DENSE:
         out[:] = 0
     values = _Values(rec, method)
-    block = block_symbols(rec.decoded_bytes)
+    size = rec.decoded_bytes
     if rec.layout is Layout.DENSE:
-        _dense(rec, values, start, stop, out, block)
+        _dense(rec, values, start, stop, out, block_items(size, _BYTES_PER_SYMBOL))
     elif rec.layout is Layout.RELATIVE:
-        _relative(rec, values, start, stop, out, block, full, method)
+        _relative(rec, values, start, stop, out, block_items(size, _BYTES_PER_ENTRY), full, method)
     else:
-        _bitmap(rec, values, start, stop, out, full)
+        _bitmap(rec, values, start, stop, out, block_items(size, _BYTES_PER_BIT), full)
     return out
 
 
@@ -128,8 +149,8 @@ def _dense(rec, values: _Values, start: int, stop: int, out: np.ndarray, block: 
     while pos < stop:
         # blocks end on chunk boundaries so no chunk is decoded twice
         end = min(stop, (pos // chunk) * chunk + block)
-        np.take(values.book, _symbols(rec.indices, pos, end, "codebook index stream", rec.name,
-                                      values.method), out=out[pos - start : end - start])
+        _lookup(values.book, _symbols(rec.indices, pos, end, "codebook index stream", rec.name,
+                                      values.method), out[pos - start : end - start])
         pos = end
 
 
@@ -198,19 +219,25 @@ def _check_tables(rec, syms: np.ndarray, b0: int, b1: int) -> None:
                           offset=rel.stream.offset, tensor=rec.name, rule="SPA-5")
 
 
-def _bitmap(rec, values: _Values, start: int, stop: int, out: np.ndarray, full: bool) -> None:
+def _bitmap(rec, values: _Values, start: int, stop: int, out: np.ndarray, block: int,
+            full: bool) -> None:
     bm = rec.bitmap
-    if full:
-        positions = sparse.decode_bitmap(bm, rec.numel, rec.name)
-        if len(positions):
-            out[positions] = values.get(0, len(positions))
-        return
-    before = sparse.bitmap_count_before(bm, start)
-    b0, b1 = start // 8, -(-stop // 8)
-    bits = np.unpackbits(np.frombuffer(bm.bits, dtype=np.uint8)[b0:b1], bitorder="little")
-    local = np.flatnonzero(bits[start - 8 * b0 : stop - 8 * b0])
-    if len(local):
-        out[local] = values.get(before, before + len(local))
+    raw = np.frombuffer(bm.bits, dtype=np.uint8)
+    rank = sparse.bitmap_count_before(bm, start)
+    block = max(8, block // 8 * 8)
+    pos = start
+    while pos < stop:
+        end = min(stop, (pos // 8) * 8 + block)
+        b0, b1 = pos // 8, -(-end // 8)
+        bits = np.unpackbits(raw[b0:b1], bitorder="little")
+        local = np.flatnonzero(bits[pos - 8 * b0 : end - 8 * b0])
+        if len(local):
+            out[local + (pos - start)] = values.get(rank, rank + len(local))
+        rank += len(local)
+        pos = end
+    if full and rank != bm.nnz:
+        raise FormatError(f"bitmap has {rank} set bits, header says {bm.nnz}", offset=bm.offset,
+                          tensor=rec.name, rule="SPA-2")
 
 
 def present(flat: np.ndarray, shape: tuple, dtype: DType) -> np.ndarray:

@@ -17,7 +17,7 @@ import dataclasses
 import numpy as np
 
 from . import huffman, sparse
-from .binary import Cursor, uvar, uvar_size
+from .binary import Cursor, control_char, uvar, uvar_size
 from .constants import (
     ALIGN_MIN_PAYLOAD,
     ALIGNMENT,
@@ -88,11 +88,7 @@ def _encodable(text: str) -> bool:
         return False
 
 
-def _control_char(text: str) -> str | None:
-    for ch in text:
-        if ord(ch) < 0x20 or ord(ch) == 0x7F:
-            return ch
-    return None
+_control_char = control_char
 
 
 # ---------------------------------------------------------------------------
