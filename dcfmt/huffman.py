@@ -47,6 +47,7 @@ __all__ = [
     "canonical_codes",
     "check_lengths",
     "encode_stream",
+    "encoded_size",
     "stream_bits",
     "parse_stream",
     "decode",
@@ -223,6 +224,29 @@ def _pack_symbols(symbols: np.ndarray, lengths: np.ndarray, codes: np.ndarray,
 def stream_bits(freqs: np.ndarray, lengths: np.ndarray) -> int:
     """Payload bits a stream with these symbol counts and code lengths needs."""
     return int(np.dot(np.asarray(freqs, dtype=np.int64), np.asarray(lengths, dtype=np.int64)))
+
+
+def encoded_size(symbols: np.ndarray, alphabet: int, *, max_length: int = DEFAULT_MAX_CODE_LENGTH,
+                 chunk_log: int = DEFAULT_CHUNK_LOG) -> int:
+    """Exact byte size :func:`encode_stream` would produce, without packing any bits."""
+    symbols = np.asarray(symbols)
+    n = len(symbols)
+    if n == 0:
+        return len(uvar(0))
+    freqs = np.bincount(symbols.astype(np.int64, copy=False), minlength=alphabet)
+    lengths = code_lengths(freqs, max_length)
+    total = stream_bits(freqs, lengths)
+    max_len = int(lengths.max())
+    n_lengths = int(np.flatnonzero(lengths)[-1]) + 1
+    chunk = 1 << chunk_log
+    n_chunks = -(-n // chunk)
+    table = 0
+    if n_chunks > 1:
+        per_symbol = lengths.astype(np.int64).take(symbols[: (n_chunks - 1) * chunk])
+        sizes = per_symbol.reshape(n_chunks - 1, chunk).sum(axis=1)
+        table = 1 + (int(sizes.max()).bit_length() * (n_chunks - 1) + 7) // 8
+    return (len(uvar(n)) + 1 + len(uvar(n_lengths)) + (n_lengths * max_len.bit_length() + 7) // 8
+            + 1 + len(uvar(total)) + table + (total + 7) // 8)
 
 
 def encode_stream(

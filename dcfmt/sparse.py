@@ -155,19 +155,46 @@ def gap_histogram(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             np.concatenate([counts[values], big[1]]).astype(np.int64))
 
 
+def relative_size(positions: np.ndarray, bits: int, numel: int, *, chunk_log: int,
+                  max_length: int) -> int:
+    """Exact byte size of the RELATIVE section body :func:`encode_relative` would write."""
+    symbols = relative_symbols(np.asarray(positions, dtype=np.int64), bits)
+    size = 1 + len(uvar(len(positions)))
+    size += huffman.encoded_size(symbols, 1 << bits, max_length=max_length, chunk_log=chunk_log)
+    chunk = 1 << chunk_log
+    n_chunks = -(-len(symbols) // chunk)
+    if n_chunks > 1:
+        spans, fillers = _chunk_tables(symbols, bits, chunk, n_chunks)
+        for table in (spans, fillers):
+            width = int(table.max()).bit_length()
+            size += 1 + packed_size(len(table), width)
+    return size
+
+
+#: Widths whose estimated size is within this many best estimates are sized exactly.
+_EXACT_CANDIDATES = 3
+
+
 def best_index_bits(positions: np.ndarray, numel: int, *, chunk_log: int,
                     max_length: int) -> tuple[int, int]:
     """The index width b (1..16) that makes the RELATIVE section smallest, and its size.
 
-    Ties go to the smaller width, so the choice is deterministic.
+    All sixteen widths are estimated from the gap histogram (exact except for
+    the widths of the bit-packed chunk tables); the best few are then sized
+    exactly.  Ties go to the smaller width, so the choice is deterministic.
     """
     hist = gap_histogram(positions)
-    best = None
+    estimates = []
     for bits in range(MIN_INDEX_BITS, MAX_INDEX_BITS + 1):
         size, _ = relative_cost(hist, bits, numel, chunk_log=chunk_log, max_length=max_length)
-        if best is None or size < best[1]:
-            best = (bits, size)
-    return best
+        estimates.append((size, bits))
+    estimates.sort()
+    if -(-len(positions) // (1 << chunk_log)) <= 1:
+        return estimates[0][1], estimates[0][0]  # one chunk: the estimate is exact
+    exact = [(relative_size(positions, bits, numel, chunk_log=chunk_log, max_length=max_length), bits)
+             for _, bits in estimates[:_EXACT_CANDIDATES]]
+    size, bits = min(exact)
+    return bits, size
 
 
 def encode_relative(positions: np.ndarray, bits: int, numel: int, *,
