@@ -469,7 +469,8 @@ def _symbol_dtype(alphabet: int) -> np.dtype:
 
 def _padded(payload: memoryview, extra: int) -> np.ndarray:
     """The payload followed by zero bytes that over-reads of lanes may touch."""
-    buf = np.zeros(len(payload) + extra + 8, dtype=np.uint8)
+    size = len(payload) + extra + 16
+    buf = np.zeros(size + (-size % 8), dtype=np.uint8)
     buf[: len(payload)] = np.frombuffer(payload, dtype=np.uint8)
     return buf
 
@@ -518,10 +519,11 @@ def _run_lanes(buf: np.ndarray, starts: np.ndarray, counts: np.ndarray, symtab: 
     returns the bit position where each lane stopped.  Invalid codes have length
     0, so a lane that meets one stops advancing and its end position exposes it.
     """
-    window = np.ndarray(shape=(len(buf) - 7,), dtype="<u8", buffer=buf, strides=(1,))
+    # aligned little-endian 64-bit words; a window at any bit is built from two
+    words = buf[: len(buf) // 8 * 8].view("<u8")
     n_lanes = len(starts)
     ends = np.empty(n_lanes, dtype=np.int64)
-    refill = max(1, 57 // max_len)
+    refill = max(1, 64 // max_len)
     n_batches = -(-n_lanes // _LANE_BATCH)
     batch = -(-n_lanes // n_batches)
     batch += -batch % 8
@@ -549,7 +551,11 @@ def _run_lanes(buf: np.ndarray, starts: np.ndarray, counts: np.ndarray, symtab: 
         code = np.empty(width, dtype=np.int64)
         ln = np.empty(width, dtype=np.int64)
         stage = np.empty((_STAGE_STEPS, width), dtype=symtab.dtype)
-        v = p
+        q = np.empty(width, dtype=np.int64)
+        r = np.empty(width, dtype=np.uint64)
+        hi = np.empty(width, dtype=np.uint64)
+        lo = np.empty(width, dtype=np.uint64)
+        v = lo.view(np.int64)
         left = 0
         for s0 in range(0, lane_steps, _STAGE_STEPS):
             s1 = min(lane_steps, s0 + _STAGE_STEPS)
@@ -558,8 +564,17 @@ def _run_lanes(buf: np.ndarray, starts: np.ndarray, counts: np.ndarray, symtab: 
                     idx = short[t]
                     ends[k0 + np.array(idx)] = p[idx]
                 if left == 0:
-                    v = window[p >> 3].view(np.int64)
-                    v >>= p & 7
+                    # v = the 64 bits from bit p: (w[q] >> r) | (w[q+1] << (64 - r));
+                    # numpy shifts by 64 give 0, which is right for r = 0
+                    np.right_shift(p, 6, out=q)
+                    np.bitwise_and(p, 63, out=r, casting="unsafe")
+                    words.take(q, out=lo, mode="clip")
+                    q += 1
+                    words.take(q, out=hi, mode="clip")
+                    lo >>= r
+                    np.subtract(64, r, out=r)
+                    hi <<= r
+                    lo |= hi
                     left = refill
                 np.bitwise_and(v, mask, out=code)
                 if base is not None:
@@ -702,7 +717,7 @@ def decode_many(streams: list[Stream], what: str = "stream",
         # lane runs for as many steps as the longest chunk of *any* stream, at
         # up to the largest max_len bits per step
         pbase += len(s.payload) + (chunk * max_len + 7) // 8 + 8
-    buf = np.zeros(pbase + 8, dtype=np.uint8)
+    buf = np.zeros(pbase + 16 + (-pbase % 8), dtype=np.uint8)
     for i, at in zip(live, placed):
         buf[at : at + len(streams[i].payload)] = np.frombuffer(streams[i].payload, dtype=np.uint8)
     sym_dtype = _symbol_dtype(alphabet)
