@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from .errors import DczError, LimitError, UnsupportedFeatureError
+from .errors import DczError, LimitError, VersionError
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -28,7 +28,7 @@ def exit_code(exc: BaseException) -> int:
     """The documented exit code for an exception raised while handling a file."""
     if isinstance(exc, LimitError):
         return EXIT_LIMIT
-    if isinstance(exc, UnsupportedFeatureError) or type(exc).__name__ == "VersionError":
+    if isinstance(exc, VersionError):  # includes UnsupportedFeatureError
         return EXIT_UNSUPPORTED
     if isinstance(exc, DczError):
         return EXIT_INVALID

@@ -309,7 +309,7 @@ def parse_index(cur: Cursor, index_offset: int, limits: DecodeLimits = DEFAULT_L
         if not (gap == 0 or (0 < gap < 64 and offset % 64 == 0)):
             raise cur.fail(FormatError, f"index entry {i} places a record at {offset}, expected "
                            f"{expected} (or the next multiple of 64)", "NDX-3", at)
-        if length < 3 or offset + length > index_offset:
+        if length < 7 or offset + length > index_offset:
             raise cur.fail(FormatError, f"index entry {i}: record {offset}+{length} overruns the "
                            f"index at {index_offset}", "NDX-3", at)
         expected = offset + length

@@ -14,7 +14,7 @@ Why lock-step: a Huffman stream is sequential, so a scalar decoder runs one
 symbol at a time.  Because the stream stores the bit offset of every chunk of
 ``2**chunk_log`` symbols, all chunks can be decoded at once: every numpy call
 below advances one symbol in each of thousands of chunks ("lanes").  A 64-bit
-window read once every ``57 // max_len`` steps feeds several steps of pure
+window read once every ``64 // max_len`` steps feeds several steps of pure
 shift/mask/lookup work, which is why the encoder caps code lengths at 12 bits
 by default (spec 5.1 allows 16).
 

@@ -235,7 +235,7 @@ class LazyFile:
         if rec is None:
             entry = self._entry(name)
             flags, body, body_at = self._checked_frame(entry)
-            rec = parse_tensor(Cursor(body, body_at, overrun_rule="SEC-5"), offset=entry.offset,
+            rec = parse_tensor(Cursor(body, body_at, overrun_rule="RCD-5"), offset=entry.offset,
                                size=entry.length, aligned=bool(flags & RECORD_ALIGNED),
                                limits=self._limits)
             if (rec.name, rec.dtype, rec.shape) != (entry.name, entry.dtype, entry.shape):

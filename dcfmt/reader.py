@@ -89,6 +89,17 @@ class StreamSource:
             at += len(p)
         return memoryview(out)
 
+    def read_upto(self, n: int) -> bytes:
+        """Up to ``n`` bytes: fewer only at the end of the stream."""
+        out = bytearray()
+        while len(out) < n:
+            chunk = self.f.read(n - len(out))
+            if not chunk:
+                break
+            out += chunk
+        self.pos += len(out)
+        return bytes(out)
+
     def at_end(self) -> bool:
         return not self.f.read(1)
 
@@ -107,6 +118,12 @@ class BufferSource:
         view = self.buf[self.pos : self.pos + n]
         self.pos += n
         return view
+
+    def read_upto(self, n: int) -> bytes:
+        """Up to ``n`` bytes: fewer only at the end of the buffer."""
+        view = self.buf[self.pos : self.pos + n]
+        self.pos += len(view)
+        return bytes(view)
 
     def at_end(self) -> bool:
         return self.pos == len(self.buf)
@@ -152,7 +169,8 @@ def walk(src, limits: DecodeLimits = DEFAULT_LIMITS, *, checksums: bool = True) 
     them.  Raises a DczError at the first violation.  ``checksums=False``
     skips every CRC-32 (header, records, trailer); every other rule is still checked.
     """
-    header = parse_header(src.read(FILE_HEADER_SIZE, "file header"), checksum=checksums)
+    # read what there is: a short file that is not .dcz at all says so (HDR-1)
+    header = parse_header(src.read_upto(FILE_HEADER_SIZE), checksum=checksums)
     yield Event("header", 0, header=header)
     pos = FILE_HEADER_SIZE
     seen: list[IndexEntry] = []
@@ -224,7 +242,7 @@ def walk(src, limits: DecodeLimits = DEFAULT_LIMITS, *, checksums: bool = True) 
             seen.append(IndexEntry(kind, start, size))
             yield Event("metadata", start, metadata=meta)
         elif kind == RecordKind.TENSOR:
-            cur = Cursor(body, body_base, overrun_rule="SEC-5")
+            cur = Cursor(body, body_base, overrun_rule="RCD-5")
             rec = parse_tensor(cur, offset=start, size=size, aligned=aligned, limits=limits)
             if rec.name in names:
                 raise FormatError(f"duplicate tensor name {rec.name!r}", offset=start,

@@ -236,15 +236,17 @@ def payload_offset(before: int, pad: int, payload: int, after: int = 0) -> int:
 
 
 def raw_padding(before: int, payload: int, after: int = 0) -> int:
-    """The smallest padding (0..127) that puts a dense raw payload on a 64-byte boundary.
+    """The smallest padding (0..191) that puts a dense raw payload on a 64-byte boundary.
 
-    One of any 128 consecutive paddings always fits: the offset grows by one
-    per padding byte, and at most one varint grows by a byte in that range.
+    The offset grows by one per padding byte, plus one whenever one of the two
+    varint lengths (section, record body) gains a byte.  Each can gain at most
+    one byte over 192 consecutive paddings, so at most two multiples of 64 are
+    jumped over and a third one fits.
     """
-    for pad in range(2 * ALIGNMENT):
+    for pad in range(3 * ALIGNMENT):
         if payload_offset(before, pad, payload, after) % ALIGNMENT == 0:
             return pad
-    raise AssertionError("unreachable: one of 128 consecutive paddings fits")
+    raise AssertionError("unreachable: one of 192 consecutive paddings fits")
 
 
 def _check_code(code: TensorCode) -> None:
@@ -365,6 +367,9 @@ def parse_tensor(cur: Cursor, *, offset: int, size: int, aligned: bool,
     numel = 1
     for d in shape:
         numel *= d  # Python ints: no overflow however large the declared dims
+    if numel * dtype.itemsize >= 1 << 64:
+        raise cur.fail(FormatError, f"shape {list(shape)} of {dtype.label} declares "
+                       f"{numel * dtype.itemsize} bytes, not below 2**64", "TEN-6", at)
     limits.check("decoded tensor size", numel * dtype.itemsize, "max_tensor_bytes",
                  offset=cur.base + at, tensor=name)
     limits.check_expansion(numel * dtype.itemsize, size, offset=offset, tensor=name)

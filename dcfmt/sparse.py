@@ -25,7 +25,7 @@ import dataclasses
 import numpy as np
 
 from .binary import Cursor, packed_size, read_packed, uvar, write_packed
-from .constants import MAX_INDEX_BITS, MIN_INDEX_BITS
+from .constants import MAX_CHUNK_LOG, MAX_INDEX_BITS, MIN_INDEX_BITS
 from .errors import FormatError
 from . import huffman
 
@@ -189,8 +189,6 @@ def best_index_bits(positions: np.ndarray, numel: int, *, chunk_log: int,
         size, _ = relative_cost(hist, bits, numel, chunk_log=chunk_log, max_length=max_length)
         estimates.append((size, bits))
     estimates.sort()
-    if -(-len(positions) // (1 << chunk_log)) <= 1:
-        return estimates[0][1], estimates[0][0]  # one chunk: the estimate is exact
     exact = [(relative_size(positions, bits, numel, chunk_log=chunk_log, max_length=max_length), bits)
              for _, bits in estimates[:_EXACT_CANDIDATES]]
     size, bits = min(exact)
@@ -258,7 +256,8 @@ def parse_relative(cur: Cursor, numel: int) -> Relative:
         chunk = stream.chunk
         filler = (1 << bits) - 1
         spans = read_packed(cur, n_chunks - 1, "chunk span table", "SPA-5", max_width=40)
-        fillers = read_packed(cur, n_chunks - 1, "chunk filler table", "SPA-5", max_width=16)
+        fillers = read_packed(cur, n_chunks - 1, "chunk filler table", "SPA-5",
+                              max_width=MAX_CHUNK_LOG + 1)
         # a full chunk covers at least one position per entry and at most 2**b - 1;
         # fillers cannot outnumber its entries
         if np.any(spans < chunk) or np.any(spans > chunk * filler) or np.any(fillers > chunk):
