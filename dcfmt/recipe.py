@@ -103,6 +103,9 @@ class Recipe:
                                "RCP-1", at)
             last = tag
             length = cur.uvar("recipe field length")
+            if length > cur.remaining:  # spec 8: a field running past its section is RCP-2
+                raise cur.fail(FormatError, f"recipe field {tag} declares {length} bytes, only "
+                               f"{cur.remaining} remain in the section", "RCP-2", at)
             value = Cursor(cur.take(length, f"recipe field {tag}"), cur.base + cur.pos - length,
                            overrun=FormatError, overrun_rule="RCP-2", tensor=cur.tensor)
             spec = _FIELDS.get(tag)
