@@ -149,10 +149,12 @@ def to_storage(array: np.ndarray, dtype: DType) -> np.ndarray:
 
 def to_float64(values: np.ndarray, dtype: DType) -> np.ndarray:
     """Exact float64 copy of stored values (bfloat16 bits are widened)."""
-    if dtype is DType.BFLOAT16:
-        bits = np.asarray(values).view(np.uint16).astype(np.uint32) << 16
-        return bits.view(np.float32).astype(np.float64)
-    return np.asarray(values).astype(np.float64)
+    # converting signalling NaNs raises "invalid value" warnings; NaN stays NaN
+    with np.errstate(invalid="ignore"):
+        if dtype is DType.BFLOAT16:
+            bits = np.asarray(values).view(np.uint16).astype(np.uint32) << 16
+            return bits.view(np.float32).astype(np.float64)
+        return np.asarray(values).astype(np.float64)
 
 
 def from_float64(values: np.ndarray, dtype: DType) -> np.ndarray:

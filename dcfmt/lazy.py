@@ -174,6 +174,13 @@ class LazyFile:
         meta = [e for e in self.entries if e.kind == RecordKind.METADATA]
         self._meta_entry = meta[0] if meta else None
         self._meta: dict | None = None
+        # Records of kinds this version does not know are never read, but they
+        # must be OPTIONAL ones and must be where the index says (RCD-1, NDX-4):
+        # check their framing now.  Such records are rare; known ones are
+        # checked when first read.
+        for e in self.entries:
+            if e.kind not in (RecordKind.TENSOR, RecordKind.METADATA):
+                _frame(buf, e, verify=False)
 
     # -- mapping-like API ---------------------------------------------------------
     def keys(self) -> list[str]:
@@ -197,6 +204,10 @@ class LazyFile:
             else:
                 e = self._meta_entry
                 flags, body, body_at = self._checked_frame(e)
+                if flags & RECORD_ALIGNED:
+                    raise FormatError("a metadata record must not be ALIGNED", offset=e.offset,
+                                      rule="RCD-4")
+                self._limits.check("record body", len(body), "max_metadata_bytes", offset=e.offset)
                 self._meta = parse_metadata(Cursor(body, body_at, overrun_rule="MET-1"),
                                             self._limits)
         return dict(self._meta)

@@ -29,13 +29,22 @@ _EXACT_MAX = 1 << 16  # up to this many weights, iterate on the weights themselv
 
 @dataclasses.dataclass(frozen=True)
 class Clustering:
-    """Result of :func:`kmeans`: sorted centroids, one label per weight, iterations run."""
+    """Result of :func:`kmeans`.
+
+    Attributes:
+        centroids: ascending; each is the exact mean of the weights labelled with it.
+        labels: centroid index per weight (nearest to the Lloyd centroids; when
+            ``converged``, also nearest to the returned ones).
+        iterations: Lloyd iterations run.
+        converged: no centroid moved more than the tolerance in the last one.
+    """
 
     centroids: np.ndarray
     labels: np.ndarray
     iterations: int
     init: KMeansInit
     seed: int
+    converged: bool = True
 
 
 def _assign(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -89,7 +98,7 @@ def kmeans(
     init = KMeansInit[init.upper()] if isinstance(init, str) else KMeansInit(init)
     x = np.asarray(values, dtype=np.float64).reshape(-1)
     if x.size == 0:
-        return Clustering(np.zeros(0), np.zeros(0, np.int64), 0, init, seed)
+        return Clustering(np.zeros(0), np.zeros(0, np.int64), 0, init, seed, True)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     lo, hi = float(x.min()), float(x.max())
@@ -110,6 +119,7 @@ def kmeans(
     centroids = _init(points, weights, k, init, seed)
     span = hi - lo
     iterations = 0
+    converged = False
     for iterations in range(1, max_iter + 1):
         labels = _assign(points, centroids)
         cnt = np.bincount(labels, weights=weights, minlength=len(centroids))
@@ -122,6 +132,7 @@ def kmeans(
         moved = float(np.max(np.abs(new - centroids))) if len(new) else 0.0
         centroids = new
         if moved <= tol * span:
+            converged = True
             break
     # exact pass on the real weights
     labels = _assign(x, centroids)
@@ -133,4 +144,4 @@ def kmeans(
     means = np.clip(means, lo, hi)
     remap = np.zeros(len(centroids), dtype=np.int64)
     remap[used] = np.arange(len(used))
-    return Clustering(means, remap[labels], iterations, init, seed)
+    return Clustering(means, remap[labels], iterations, init, seed, converged)

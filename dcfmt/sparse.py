@@ -62,8 +62,8 @@ def relative_symbols(positions: np.ndarray, bits: int) -> np.ndarray:
     """Entry symbols (fillers included) for strictly increasing ``positions``.
 
     Example:
-        >>> relative_symbols(np.array([0, 2, 12]), 2).tolist()   # M = 3
-        [0, 1, 3, 3, 3]
+        >>> relative_symbols(np.array([0, 2, 12]), 2).tolist()   # M = 3: gap 10 = 3 fillers + 1
+        [0, 1, 3, 3, 3, 0]
     """
     filler = (1 << bits) - 1
     gaps = _gaps(np.asarray(positions, dtype=np.int64)) - 1
@@ -98,14 +98,32 @@ def relative_positions(symbols: np.ndarray, bits: int, base: int = 0) -> tuple[n
 
 def relative_cost(gap_hist, bits: int, numel: int, *, chunk_log: int,
                   max_length: int) -> tuple[int, np.ndarray]:
-    """Exact byte size of a RELATIVE section body with index width ``bits``.
+    """Estimated byte size of a RELATIVE section body with index width ``bits``.
+
+    Exact when the entries fit in one chunk; otherwise the widths of the
+    bit-packed chunk tables are estimated from averages (see
+    :func:`relative_size` for the exact size).
 
     Args:
         gap_hist: ``(gap_values, gap_counts)`` from :func:`gap_histogram`.
-        numel: elements in the tensor (sets the chunk-table width).
+        numel: elements in the tensor.
 
     Returns:
         (size in bytes, counts of each entry symbol).
+    """
+    estimate, _, freqs = _relative_bounds(gap_hist, bits, numel, chunk_log, max_length)
+    return estimate, freqs
+
+
+def _relative_bounds(gap_hist, bits: int, numel: int, chunk_log: int,
+                     max_length: int) -> tuple[int, int, np.ndarray]:
+    """(estimate, lower bound, entry-symbol counts) of a RELATIVE section's size.
+
+    Everything but the three bit-packed chunk tables is exact.  Their widths
+    are bounded below by the largest value each must hold: a full chunk's bit
+    size is at least its symbol count and at least the mean over full chunks
+    (the payload less the most the last chunk can take); a full chunk spans
+    at least one position per entry; fillers may be none.
     """
     values, counts = gap_hist
     filler = (1 << bits) - 1
@@ -115,13 +133,28 @@ def relative_cost(gap_hist, bits: int, numel: int, *, chunk_log: int,
     freqs = np.bincount(real, weights=counts, minlength=filler + 1).astype(np.int64)
     freqs[filler] += int(np.dot(fillers, counts))
     n_entries = int(freqs.sum())
-    size = 1 + len(uvar(int(counts.sum()))) + stream_size(freqs, chunk_log, max_length)
-    n_chunks = -(-n_entries // (1 << chunk_log))
-    if n_chunks > 1:
-        span = (numel // n_chunks) * 2 + 1
-        size += 2 + packed_size(n_chunks - 1, span.bit_length())
-        size += packed_size(n_chunks - 1, (2 * int(freqs[filler]) // n_chunks + 1).bit_length())
-    return size, freqs
+    chunk = 1 << chunk_log
+    n_chunks = -(-n_entries // chunk)
+    base = 1 + len(uvar(int(counts.sum())))
+    if n_entries == 0:
+        size = base + len(uvar(0))
+        return size, size, freqs
+    lengths = huffman.code_lengths(freqs, max_length)
+    payload = huffman.stream_bits(freqs, lengths)
+    max_len = int(lengths.max())
+    n_lengths = int(np.flatnonzero(lengths)[-1]) + 1
+    base += (len(uvar(n_entries)) + 1 + len(uvar(n_lengths)) + (n_lengths * max_len.bit_length() + 7) // 8
+             + 1 + len(uvar(payload)) + (payload + 7) // 8)
+    if n_chunks == 1:
+        return base, base, freqs
+    m = n_chunks - 1
+    last = n_entries - m * chunk
+    size_floor = max(chunk, (payload - last * max_len) // m)
+    low = base + 3 + packed_size(m, size_floor.bit_length()) + packed_size(m, chunk.bit_length())
+    est = base + 3 + packed_size(m, (2 * payload // n_chunks + 1).bit_length())
+    est += packed_size(m, ((numel // n_chunks) * 2 + 1).bit_length())
+    est += packed_size(m, (2 * int(freqs[filler]) // n_chunks + 1).bit_length())
+    return max(est, low), low, freqs
 
 
 def stream_size(freqs: np.ndarray, chunk_log: int, max_length: int) -> int:
@@ -171,28 +204,31 @@ def relative_size(positions: np.ndarray, bits: int, numel: int, *, chunk_log: in
     return size
 
 
-#: Widths whose estimated size is within this many best estimates are sized exactly.
-_EXACT_CANDIDATES = 3
-
-
 def best_index_bits(positions: np.ndarray, numel: int, *, chunk_log: int,
                     max_length: int) -> tuple[int, int]:
     """The index width b (1..16) that makes the RELATIVE section smallest, and its size.
 
-    All sixteen widths are estimated from the gap histogram (exact except for
-    the widths of the bit-packed chunk tables); the best few are then sized
-    exactly.  Ties go to the smaller width, so the choice is deterministic.
+    All sixteen widths are bounded from the gap histogram (exact but for the
+    widths of the bit-packed chunk tables); then widths are sized exactly in
+    order of their lower bounds until no remaining bound can beat the best
+    exact size.  Ties go to the smaller width, so the choice is deterministic.
     """
     hist = gap_histogram(positions)
-    estimates = []
+    bounds = []
     for bits in range(MIN_INDEX_BITS, MAX_INDEX_BITS + 1):
-        size, _ = relative_cost(hist, bits, numel, chunk_log=chunk_log, max_length=max_length)
-        estimates.append((size, bits))
-    estimates.sort()
-    exact = [(relative_size(positions, bits, numel, chunk_log=chunk_log, max_length=max_length), bits)
-             for _, bits in estimates[:_EXACT_CANDIDATES]]
-    size, bits = min(exact)
-    return bits, size
+        est, low, _ = _relative_bounds(hist, bits, numel, chunk_log, max_length)
+        bounds.append((low, est, bits))
+    if all(low == est for low, est, _ in bounds):  # one chunk: every size is exact
+        size, _, bits = min(bounds)
+        return bits, size
+    best = None
+    for low, _, bits in sorted(bounds):
+        if best is not None and low > best[0]:
+            break
+        size = relative_size(positions, bits, numel, chunk_log=chunk_log, max_length=max_length)
+        if best is None or (size, bits) < best:
+            best = (size, bits)
+    return best[1], best[0]
 
 
 def encode_relative(positions: np.ndarray, bits: int, numel: int, *,

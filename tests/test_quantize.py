@@ -66,17 +66,19 @@ def test_labels_are_nearest_once_lloyd_has_converged(k, init, seed, n):
     assert np.all(d[np.arange(n), c.labels] <= d.min(axis=1))
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "with the default max_iter=30, Lloyd may stop before converging; the final exact pass "
-    "assigns to the pre-update centroids and then moves them to the cluster means, so a few "
-    "labels are not nearest to the returned centroids"))
-def test_labels_are_nearest_with_default_settings():
+def test_labels_are_nearest_once_converged_and_centroids_are_means():
     rng = np.random.default_rng(4)
     n = int(rng.integers(2, 2000))
     x = rng.normal(size=n) * rng.choice([1, 1e-3, 1e3])
-    c = kmeans(x, 25, init="random", seed=4)
-    d = np.abs(x[:, None] - c.centroids[None, :])
-    assert np.all(d[np.arange(n), c.labels] <= d.min(axis=1))
+    for max_iter in (2, 30, 500):
+        c = kmeans(x, 25, init="random", seed=4, max_iter=max_iter)
+        # every centroid is the exact mean of its cluster, converged or not
+        for k, centroid in enumerate(c.centroids):
+            assert centroid == pytest.approx(x[c.labels == k].mean(), rel=1e-12, abs=1e-300)
+        if c.converged:
+            d = np.abs(x[:, None] - c.centroids[None, :])
+            assert np.all(d[np.arange(n), c.labels] <= d.min(axis=1))
+    assert c.converged  # 500 iterations are plenty here
 
 
 def test_fewer_distinct_values_than_k_gives_fewer_centroids():

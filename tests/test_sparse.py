@@ -198,11 +198,7 @@ def _clustered(seed):
     return np.flatnonzero(mask), numel
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "best_index_bits sizes only the 3 best histogram estimates exactly (a6c5c9d); when the "
-    "estimate misranks the widths of a multi-chunk index it misses the smallest (seen: up to "
-    "30 bytes, e.g. 1501 instead of 1479)"))
-@pytest.mark.parametrize("seed", [123, 133, 146])
+@pytest.mark.parametrize("seed", [123, 133, 146, 7, 8, 9])
 def test_best_index_bits_is_truly_smallest_multichunk(seed):
     positions, numel = _clustered(seed)
     _assert_truly_smallest(positions, numel, 4)
@@ -237,16 +233,18 @@ def test_relative_cost_is_exact_for_one_chunk(bits):
     assert size == len(sparse.encode_relative(positions, bits, numel, chunk_log=15, max_length=12))
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "relative_cost estimates the widths of the bit-packed chunk tables (a393e78); "
-    "best_index_bits re-sizes its best candidates with relative_size"))
-def test_relative_cost_is_exact_for_many_chunks():
-    rng = np.random.default_rng(8)
-    numel = 30_000
-    positions = np.flatnonzero(rng.random(numel) < 0.1)
-    size, _ = sparse.relative_cost(sparse.gap_histogram(positions), 8, numel, chunk_log=10,
-                                   max_length=12)
-    assert size == len(sparse.encode_relative(positions, 8, numel, chunk_log=10, max_length=12))
+@pytest.mark.parametrize("seed", range(6))
+def test_relative_size_is_exact_and_the_bound_is_below_it(seed):
+    positions, numel = _clustered(seed)
+    hist = sparse.gap_histogram(positions)
+    for bits in range(1, 17):
+        for chunk_log in (4, 10):
+            actual = len(sparse.encode_relative(positions, bits, numel, chunk_log=chunk_log,
+                                                max_length=12))
+            exact = sparse.relative_size(positions, bits, numel, chunk_log=chunk_log, max_length=12)
+            est, low, _ = sparse._relative_bounds(hist, bits, numel, chunk_log, 12)
+            assert exact == actual
+            assert low <= actual
 
 
 def test_gap_histogram_with_huge_gaps():
