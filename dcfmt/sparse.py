@@ -309,41 +309,48 @@ def parse_relative(cur: Cursor, numel: int) -> Relative:
 
 def decode_relative(rel: Relative, numel: int, tensor: str | None = None, *,
                     first: int = 0, last: int | None = None,
-                    symbols: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+                    symbols: np.ndarray | None = None, check: bool = True) -> tuple[np.ndarray, int]:
     """Positions of the kept elements in chunks ``first..last-1``, and the count before them.
 
-    A full decode (``first=0``, ``last=None``) checks every rule of spec 6.1:
-    the last entry is not a filler (SPA-3), there are exactly ``nnz`` real
-    entries (SPA-2), positions stay below ``numel`` (SPA-4), and the chunk
-    tables agree with the decoded entries (SPA-5).
+    With ``check`` (default), applies the rules of spec 6.1 that these chunks
+    can break: positions stay below ``numel`` (SPA-4), the chunk tables agree
+    with the decoded entries (SPA-5), and if the range ends at the last chunk,
+    the last entry is not a filler (SPA-3).  If it spans the whole stream, the
+    number of real entries is ``nnz`` (SPA-2); a caller decoding block by
+    block checks that sum itself.
+
+    Args:
+        symbols: the chunks' entry symbols, if already decoded.
     """
     stream = rel.stream
     if stream.n_symbols == 0:
         return np.zeros(0, dtype=np.int64), 0
-    full = first == 0 and (last is None or last >= stream.n_chunks)
     last = stream.n_chunks if last is None else min(last, stream.n_chunks)
     if symbols is None:
         symbols = huffman.decode_chunks(stream, first, last, "relative index stream", tensor)
     positions, is_real = relative_positions(symbols, rel.bits, int(rel.covered[first]))
+    if check:
+        def err(message: str, rule: str) -> FormatError:
+            return FormatError(f"relative index: {message}", offset=stream.offset, tensor=tensor,
+                               rule=rule)
 
-    def err(message: str, rule: str) -> FormatError:
-        return FormatError(f"relative index: {message}", offset=stream.offset, tensor=tensor, rule=rule)
-
-    if full:
-        filler = (1 << rel.bits) - 1
-        if int(symbols[-1]) == filler:
+        if last == stream.n_chunks and int(symbols[-1]) == (1 << rel.bits) - 1:
             raise err("the last entry is a filler", "SPA-3")
-        if len(positions) != rel.nnz:
+        if first == 0 and last == stream.n_chunks and len(positions) != rel.nnz:
             raise err(f"{len(positions)} real entries, header says {rel.nnz}", "SPA-2")
         if stream.n_chunks > 1:
+            # running totals at each chunk start of this range (and at its end)
             chunk = stream.chunk
             adv, _ = _advances(symbols, rel.bits)
-            covered = np.concatenate([[0], np.cumsum(adv)])[0 : stream.n_chunks * chunk : chunk]
-            reals = np.concatenate([[0], np.cumsum(is_real)])[0 : stream.n_chunks * chunk : chunk]
-            if not (np.array_equal(covered, rel.covered) and np.array_equal(reals, rel.reals)):
+            covered = int(rel.covered[first]) + np.concatenate([[0], np.cumsum(adv)])[::chunk]
+            reals = int(rel.reals[first]) + np.concatenate([[0], np.cumsum(is_real)])[::chunk]
+            n = min(len(covered), stream.n_chunks - first)
+            if not (np.array_equal(covered[:n], rel.covered[first : first + n])
+                    and np.array_equal(reals[:n], rel.reals[first : first + n])):
                 raise err("chunk tables disagree with the decoded entries", "SPA-5")
-    if len(positions) and int(positions[-1]) >= numel:
-        raise err(f"position {int(positions[-1])} is outside a tensor of {numel} elements", "SPA-4")
+        if len(positions) and int(positions[-1]) >= numel:
+            raise err(f"position {int(positions[-1])} is outside a tensor of {numel} elements",
+                      "SPA-4")
     return positions, int(rel.reals[first])
 
 
