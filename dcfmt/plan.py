@@ -136,7 +136,11 @@ def lossless_tensor(name: str, storage: np.ndarray, dtype: DType, *,
     nnz = int(np.count_nonzero(nonzero))
     positions = None
     sparse_choice = None
-    if nnz < numel:
+    # Sizing the sparse layouts exactly is costly on big tensors, so it is done only
+    # when they can win: positions cost at least one bit per kept element (each
+    # relative-index entry has a code of 1+ bits; a bitmap has numel >= nnz bits).
+    floor = (nnz + 7) // 8
+    if nnz < numel and floor + nnz * item < best[0]:
         positions = np.flatnonzero(nonzero)
         sparse_choice = _best_sparse(positions, numel)
         size = sparse_choice[0] + nnz * item
@@ -151,15 +155,19 @@ def lossless_tensor(name: str, storage: np.ndarray, dtype: DType, *,
         dense = book_size + (_stream_size(counts) if k > 1 else 0)
         if dense < best[0]:
             best = (dense, "dense-codebook", (values, inverse))
-        if positions is not None and nnz:
+        if nnz < numel and nnz:
             zero_slot = int(np.flatnonzero(values == 0)[0])
             kept_counts = counts.copy()
             kept_counts[zero_slot] = 0
             kk = k - 1
-            size = sparse_choice[0] + 8 + kk * item + (_stream_size(kept_counts[kept_counts > 0])
-                                                       if kk > 1 else 0)
-            if size < best[0]:
-                best = (size, "sparse-codebook", (values, inverse))
+            rest = 8 + kk * item + (_stream_size(kept_counts[kept_counts > 0]) if kk > 1 else 0)
+            if floor + rest < best[0]:
+                if sparse_choice is None:
+                    positions = np.flatnonzero(nonzero)
+                    sparse_choice = _best_sparse(positions, numel)
+                size = sparse_choice[0] + rest
+                if size < best[0]:
+                    best = (size, "sparse-codebook", (values, inverse))
     kind = best[1]
     if kind == "raw":
         return TensorCode(name, dtype, shape, raw=flat, recipe=recipe)
@@ -224,7 +232,9 @@ def codebook_tensor(
     numel = keep.size
     nnz = int(np.count_nonzero(keep))
     book = from_float64(np.asarray(centroids, dtype=np.float64), cdt)
-    labels = np.asarray(labels, dtype=np.int64)
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        labels = labels.astype(np.int64)
     k = len(book)
     counts = np.bincount(labels, minlength=k) if k else np.zeros(0, np.int64)
     if nnz == 0:
@@ -233,37 +243,55 @@ def codebook_tensor(
                           raw=np.zeros(0, dtype.storage), recipe=recipe)
     book_bytes = 8 + k * cdt.itemsize
     options = []
-    positions = np.flatnonzero(keep) if nnz < numel else None
-    if positions is not None:
-        for size, layout, ib in _layouts(positions, numel):
-            options.append((size + book_bytes + (_stream_size(counts) if k > 1 else 0), layout, ib))
-    # dense: the pruned elements need a centroid equal to zero
-    zero = np.flatnonzero(widen(book, cdt, dtype).astype(np.float64) == 0)
-    dense_k = k + (1 if (nnz < numel and len(zero) == 0) else 0)
-    if dense_k <= MAX_CODEBOOK:
-        dcounts = np.zeros(dense_k, dtype=np.int64)
-        dcounts[:k] = counts
-        if nnz < numel:
-            zslot = int(zero[0]) if len(zero) else k
-            dcounts[zslot] += numel - nnz
-        options.append((8 + dense_k * cdt.itemsize + (_stream_size(dcounts) if dense_k > 1 else 0),
-                        Layout.DENSE, None))
+    dense = _dense_option(book, cdt, dtype, counts, numel, nnz)
+    if dense is not None:
+        options.append((dense[0], Layout.DENSE, None))
+    positions = None
+    if nnz < numel:
+        values_size = book_bytes + (_stream_size(counts) if k > 1 else 0)
+        # positions cost at least a bit per kept element (see lossless_tensor); ties go
+        # to DENSE, so a sparse layout that cannot be strictly smaller is not sized
+        if not options or (nnz + 7) // 8 + values_size < options[0][0]:
+            positions = np.flatnonzero(keep)
+            for size, layout, ib in _layouts(positions, numel):
+                options.append((size + values_size, layout, ib))
     size, layout, ib = min(options, key=lambda t: (t[0], t[1]))
     if layout is not Layout.DENSE:
         return TensorCode(name, dtype, shape, layout=layout, positions=positions, index_bits=ib,
                           values=Values.CODEBOOK, codebook=book, codebook_dtype=cdt,
                           indices=labels, recipe=recipe)
-    idx = np.empty(numel, dtype=np.int64)
+    _, zslot, extend = dense
+    idx = np.empty(numel, dtype=np.uint8 if k + extend <= 256 else np.uint16)
+    if extend:
+        book = np.concatenate([book, from_float64(np.zeros(1), cdt)])
     if nnz < numel:
-        if len(zero):
-            zslot = int(zero[0])
-        else:
-            zslot = k
-            book = np.concatenate([book, from_float64(np.zeros(1), cdt)])
         idx[~keep] = zslot
     idx[keep] = labels
     return TensorCode(name, dtype, shape, values=Values.CODEBOOK, codebook=book, codebook_dtype=cdt,
                       indices=idx, recipe=recipe)
+
+
+def _dense_option(book: np.ndarray, cdt: DType, dtype: DType, counts: np.ndarray, numel: int,
+                  nnz: int) -> tuple[int, int | None, bool] | None:
+    """The dense layout of a codebook tensor: (bytes, zero slot, codebook extended by a zero).
+
+    Pruned elements need a centroid equal to zero: the first existing one, or
+    an extra one appended (None when that would exceed the codebook limit).
+    """
+    k = len(book)
+    zero = np.flatnonzero(widen(book, cdt, dtype).astype(np.float64) == 0)
+    extend = nnz < numel and len(zero) == 0
+    dense_k = k + extend
+    if dense_k > MAX_CODEBOOK:
+        return None
+    dcounts = np.zeros(dense_k, dtype=np.int64)
+    dcounts[:k] = counts
+    zslot = None
+    if nnz < numel:
+        zslot = int(zero[0]) if len(zero) else k
+        dcounts[zslot] += numel - nnz
+    size = 8 + dense_k * cdt.itemsize + (_stream_size(dcounts) if dense_k > 1 else 0)
+    return size, zslot, bool(extend)
 
 
 def _lossy_ok(storage: np.ndarray, dtype: DType) -> bool:
@@ -367,9 +395,34 @@ class FixedPlan(Plan):
         return _with_errors(code, storage)
 
 
+#: Elements per block of float64 work in the error-bounded plan: bounds temporaries (8 MB each).
+_BLOCK = 1 << 20
+
+
+def _blocks(n: int):
+    for a in range(0, n, _BLOCK):
+        yield a, min(n, a + _BLOCK)
+
+
+def _block_errors(original: np.ndarray, reconstructed: np.ndarray, dtype: DType) -> tuple[float, float]:
+    """:func:`errors`, computed block by block (the same sums, in a different order)."""
+    a_flat = np.asarray(original).reshape(-1)
+    b_flat = np.asarray(reconstructed).reshape(-1)
+    err2 = norm2 = mx = 0.0
+    for a, b in _blocks(a_flat.size):
+        x = to_float64(a_flat[a:b], dtype)
+        d = x - to_float64(b_flat[a:b], dtype)
+        err2 += float(np.einsum("i,i->", d, d))
+        norm2 += float(np.einsum("i,i->", x, x))
+        mx = max(mx, float(np.max(np.abs(d))))
+    err, norm = math.sqrt(err2), math.sqrt(norm2)
+    rel = err / norm if norm > 0 else (0.0 if err == 0 else math.inf)
+    return rel, mx
+
+
 def _with_errors(code: TensorCode, storage: np.ndarray, bound: float | None = None) -> TensorCode:
     """Record the reconstruction error of ``code`` in its recipe."""
-    rel, mx = errors(storage, code.reconstruct(), code.dtype)
+    rel, mx = _block_errors(storage, code.reconstruct(), code.dtype)
     code.recipe = dataclasses.replace(code.recipe or Recipe(), rel_error=rel, max_abs_error=mx,
                                       error_bound=bound)
     return code
@@ -408,12 +461,22 @@ class ErrorBoundedPlan(Plan):
     For each codebook size ``2**b`` (b = 1..max_bits) the plan finds, on a
     4096-bin histogram of the tensor, the strongest magnitude pruning that
     keeps ``||w - w'|| / ||w|| <= max_error``, estimates the size of each
-    candidate, and encodes the smallest.  Its error is then measured exactly
-    (the histogram estimate is an upper bound, since the final assignment to
-    the nearest centroid and exact means can only lower it); if rounding the
-    centroids breaks the bound, the next candidate is tried, and if none fits,
-    the tensor is stored losslessly.  Non-float and non-finite tensors are
-    always lossless.
+    candidate, and encodes the smallest.  Centroids come from Lloyd iterations
+    on the histogram, started from the paper's linear initialisation; when
+    that cannot meet the bound at a codebook size even without pruning (Lloyd
+    from linear centroids stalls on bell-shaped tensors with long tails), it
+    restarts from centroids spaced by the cube root of the weight density --
+    the spacing that minimises squared error -- and the recipe records
+    ``kmeans_init = density``.  Each weight then goes to its nearest centroid
+    and each centroid becomes the exact mean of its weights; the error is
+    measured exactly (the histogram estimate is an upper bound, since these
+    two steps can only lower it); if rounding the centroids breaks the bound,
+    the next candidate is tried, and if none fits, the tensor is stored
+    losslessly.  Non-float and non-finite tensors are always lossless.
+
+    Work is done in blocks of 2**20 elements: besides the tensor, the plan
+    needs 2 bytes per element for the bin of each element and 1 or 2 for the
+    centroid indices it returns.
     """
 
     max_error: float = 0.01
@@ -431,56 +494,66 @@ class ErrorBoundedPlan(Plan):
         lossless = lossless_tensor(name, storage, dtype)
         if not _lossy_ok(storage, dtype) or self.max_error <= 0:
             return lossless
-        x = to_float64(storage, dtype).reshape(-1)
-        if not np.all(np.isfinite(x)):
-            return lossless
-        norm2 = float(np.dot(x, x))
-        if norm2 == 0.0:
+        flat = storage.reshape(-1)
+        finite, vmin, vmax, norm2 = _scan(flat, dtype)
+        if not finite or not 0.0 < norm2 < math.inf:  # (squares can under- or overflow)
             return lossless
         lossless_size = _code_size(lossless)
         budget = self.max_error ** 2 * norm2
-        hist = _Histogram(x, self.bins)
+        hist = _Histogram(flat, dtype, self.bins, max(-vmin, vmax), norm2)
         cdt = from_name(self.codebook_dtype) if self.codebook_dtype else dtype
         candidates = []
         for bits in range(1, self.max_bits + 1):
             found = hist.max_pruning(1 << bits, budget, self.allow_pruning)
             if found is None:
                 continue
-            j, centroids, est_err = found
-            size = hist.size_estimate(j, centroids, cdt.itemsize)
-            candidates.append((size, bits, j, centroids))
+            j, centroids, est_err, counts, init = found
+            size = hist.size_estimate(j, centroids, counts, cdt.itemsize)
+            candidates.append((size, bits, j, centroids, init))
         candidates.sort(key=lambda c: (c[0], c[1]))
-        for size, bits, j, centroids in candidates:
+        for size, bits, j, centroids, init in candidates:
             if size >= lossless_size:
                 break
-            keep = hist.keep_mask(j)
-            kept = x[keep]
-            labels, means = _refine(kept, centroids)
             threshold = j * hist.width
             recipe = Recipe(plan=self.name,
                             prune_method=PruneMethod.THRESHOLD if j else PruneMethod.NONE,
                             prune_parameter=threshold if j else None,
                             prune_threshold=threshold if j else None,
-                            kmeans_init=KMeansInit.LINEAR, finetuned=False)
-            code = codebook_tensor(name, dtype, storage.shape, keep, means, labels, recipe=recipe,
-                                   codebook_dtype=cdt)
-            code = _with_errors(code, storage, self.max_error)
-            if code.recipe.rel_error <= self.max_error and _code_size(code) < lossless_size:
+                            kmeans_init=KMeansInit.LINEAR if init == "linear" else KMeansInit.DENSITY,
+                            finetuned=False)
+            code, size = hist.encode(name, flat, dtype, storage.shape, j, centroids, cdt, recipe,
+                                     (vmin, vmax))
+            if size is None:  # a sparse layout: measure the general way
+                code = _with_errors(code, storage, self.max_error)
+                size = _code_size(code)
+            else:
+                code.recipe = dataclasses.replace(code.recipe, error_bound=self.max_error)
+            if code.recipe.rel_error <= self.max_error and size < lossless_size:
                 return code
+            del code
         return lossless
 
 
-def _refine(kept: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest-centroid labels and exact cluster means (empty clusters dropped)."""
-    mids = (centroids[1:] + centroids[:-1]) * 0.5
-    labels = np.searchsorted(mids, kept, side="left")
-    cnt = np.bincount(labels, minlength=len(centroids))
-    tot = np.bincount(labels, weights=kept, minlength=len(centroids))
-    used = np.flatnonzero(cnt)
-    remap = np.zeros(len(centroids), dtype=np.int64)
-    remap[used] = np.arange(len(used))
-    means = np.clip(tot[used] / cnt[used], kept.min(), kept.max()) if len(kept) else np.zeros(0)
-    return remap[labels], means
+def _work(block: np.ndarray, dtype: DType) -> np.ndarray:
+    """Exact values of stored floats in the narrowest numpy float that holds them."""
+    if dtype is DType.FLOAT16:
+        return block.astype(np.float32)
+    if dtype is DType.BFLOAT16:
+        return (block.astype(np.uint32) << 16).view(np.float32)
+    return block  # float32 and float64 as they are
+
+
+def _scan(flat: np.ndarray, dtype: DType) -> tuple[bool, float, float, float]:
+    """(all finite, min, max, sum of squares in float64) of stored floats, block by block."""
+    vmin, vmax, norm2 = math.inf, -math.inf, 0.0
+    for a, b in _blocks(flat.size):
+        x = _work(flat[a:b], dtype)
+        lo, hi = float(x.min()), float(x.max())  # NaN propagates, so these see every value
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            return False, 0.0, 0.0, 0.0
+        vmin, vmax = min(vmin, lo), max(vmax, hi)
+        norm2 += float(np.einsum("i,i->", x, x, dtype=np.float64))
+    return True, vmin, vmax, norm2
 
 
 def _code_size(code: TensorCode) -> int:
@@ -507,27 +580,51 @@ class _Histogram:
 
     Bin ``i`` of ``2B`` covers ``[-A + i*w, -A + (i+1)*w)`` with ``A = max|x|``;
     pruning level ``j`` removes the ``2j`` bins nearest zero (|x| below
-    ``j*w``).  Per bin it keeps the count, sum and sum of squares, so the
-    pruning error is exact and the quantization error of a bin assigned to
-    centroid c is ``s2 - 2c*s1 + n*c^2`` exactly.
+    ``j*w``).  Per bin it keeps the count ``n`` and the sum ``s1``; with the
+    total sum of squares ``norm2``, the error of pruning level j with bin b
+    assigned to centroid ``c_b`` is exactly
+    ``norm2 - sum over kept bins of (2 c_b s1_b - n_b c_b^2)``.
+    The bin of every element is kept (2 bytes each) for the final assignment.
     """
 
-    def __init__(self, x: np.ndarray, bins: int) -> None:
+    def __init__(self, flat: np.ndarray, dtype: DType, bins: int, amax: float, norm2: float) -> None:
         self.B = bins // 2
-        amax = float(np.max(np.abs(x)))
-        self.width = amax / self.B
-        idx = np.floor((x + amax) / self.width).astype(np.int64)
-        np.clip(idx, 0, 2 * self.B - 1, out=idx)
-        self.idx = idx
         n = 2 * self.B
-        self.cnt = np.bincount(idx, minlength=n).astype(np.float64)
-        self.s1 = np.bincount(idx, weights=x, minlength=n)
-        self.s2 = np.bincount(idx, weights=x * x, minlength=n)
-        self.numel = x.size
-        # pruning error of level j: squares of the 2j central bins
-        center = self.s2[self.B - 1 :: -1] + self.s2[self.B :]
-        self.prune_err = np.concatenate([[0.0], np.cumsum(center)])
-        self.prune_cnt = np.concatenate([[0.0], np.cumsum(self.cnt[self.B - 1 :: -1] + self.cnt[self.B :])])
+        self.amax = amax
+        self.width = amax / self.B
+        self.numel = flat.size
+        self.norm2 = norm2
+        self.idx = np.empty(flat.size, dtype=np.int16 if n <= 1 << 15 else np.int32)
+        cnt = np.zeros(n)
+        s1 = np.zeros(n)
+        # buffers reused block after block (fresh large arrays cost page faults)
+        wdt = _work(flat[:0], dtype).dtype
+        big = np.finfo(wdt).max / 4
+        if not (amax < big and self.B / amax < big):  # x + A or the scale would overflow
+            wdt = np.dtype(np.float64)
+        tbuf = np.empty(min(flat.size, _BLOCK), dtype=wdt)
+        ibuf = np.empty(min(flat.size, _BLOCK), dtype=np.intp)
+        xbuf = np.empty(min(flat.size, _BLOCK), dtype=np.float64)
+        shift, scale = wdt.type(amax), wdt.type(self.B / amax)
+        for a, b in _blocks(flat.size):
+            x = _work(flat[a:b], dtype)
+            t, ib, x64 = tbuf[: b - a], ibuf[: b - a], xbuf[: b - a]
+            # x + A >= 0 exactly (A = max|x|), so truncation is floor
+            np.add(x, shift, out=t)
+            np.multiply(t, scale, out=t)
+            ib[...] = t
+            np.minimum(ib, n - 1, out=ib)
+            self.idx[a:b] = ib
+            x64[...] = x
+            cnt += np.bincount(ib, minlength=n)
+            s1 += np.bincount(ib, weights=x64, minlength=n)
+        self.cnt, self.s1 = cnt, s1
+        # a lower bound of the pruning error of level j (Cauchy-Schwarz: sum x^2 >= s1^2 / n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            floor = np.where(cnt > 0, s1 * s1 / np.maximum(cnt, 1), 0.0)
+        center = floor[self.B - 1 :: -1] + floor[self.B :]
+        self.prune_floor = np.concatenate([[0.0], np.cumsum(center)])
+        self.prune_cnt = np.concatenate([[0.0], np.cumsum(cnt[self.B - 1 :: -1] + cnt[self.B :])])
 
     def keep_bins(self, j: int) -> np.ndarray:
         keep = np.ones(2 * self.B, dtype=bool)
@@ -539,57 +636,80 @@ class _Histogram:
             return np.ones(self.numel, dtype=bool)
         return (self.idx < self.B - j) | (self.idx >= self.B + j)
 
-    def quantize(self, j: int, k: int) -> tuple[np.ndarray, float, np.ndarray]:
-        """Weighted Lloyd on the kept bins: (centroids, error incl. pruning, cluster counts)."""
+    def quantize(self, j: int, k: int, init: str = "linear") -> tuple[np.ndarray, float, np.ndarray]:
+        """Weighted Lloyd on the kept bins: (centroids, error incl. pruning, cluster counts).
+
+        ``init``: ``"linear"`` (evenly spaced over [min, max], the paper's) or
+        ``"density"`` (spaced evenly over the CDF of the cube root of the bin counts).
+        Bins are sorted, so each cluster is a run of bins: its count and sum are
+        differences of prefix sums at the midpoints between centroids (a bin
+        at a midpoint goes to the lower centroid, as ``searchsorted(side="left")``).
+        """
         kb = self.keep_bins(j)
-        n, s1, s2 = self.cnt[kb], self.s1[kb], self.s2[kb]
+        n, s1 = self.cnt[kb], self.s1[kb]
         if len(n) == 0:
-            return np.zeros(0), float(self.prune_err[j]), np.zeros(0)
+            return np.zeros(0), self.norm2, np.zeros(0)
         pts = s1 / n
-        c = np.linspace(pts[0], pts[-1], min(k, len(pts)))
+        m = min(k, len(pts))
+        if init == "linear":
+            c = np.linspace(pts[0], pts[-1], m)
+        else:
+            cdf = np.cumsum(np.cbrt(n))
+            c = np.interp((np.arange(m) + 0.5) / m * cdf[-1], cdf, pts)
+        N = np.concatenate([[0.0], np.cumsum(n)])
+        S = np.concatenate([[0.0], np.cumsum(s1)])
+        ends = np.empty(m + 1, dtype=np.intp)
+        ends[0], ends[-1] = 0, len(pts)
+
+        def clusters(c):
+            ends[1:-1] = np.searchsorted(pts, (c[1:] + c[:-1]) * 0.5, side="right")
+            return np.diff(N[ends]), np.diff(S[ends])
+
+        tol = 1e-9 * (pts[-1] - pts[0] + 1e-300)
         for _ in range(30):
-            lab = np.searchsorted((c[1:] + c[:-1]) * 0.5, pts, side="left")
-            cn = np.bincount(lab, weights=n, minlength=len(c))
-            cs = np.bincount(lab, weights=s1, minlength=len(c))
+            cn, cs = clusters(c)
             new = c.copy()
             ok = cn > 0
             new[ok] = cs[ok] / cn[ok]
             new.sort()
-            if np.max(np.abs(new - c)) <= 1e-9 * (pts[-1] - pts[0] + 1e-300):
-                c = new
-                break
+            done = np.max(np.abs(new - c)) <= tol
             c = new
-        lab = np.searchsorted((c[1:] + c[:-1]) * 0.5, pts, side="left")
-        cl = c[lab]
-        q = float(np.sum(s2 - 2 * cl * s1 + n * cl * cl))
-        counts = np.bincount(lab, weights=n, minlength=len(c))
-        return c, max(q, 0.0) + float(self.prune_err[j]), counts
+            if done:
+                break
+        cn, cs = clusters(c)
+        err = self.norm2 - float(np.dot(c, 2 * cs - cn * c))
+        return c, max(err, 0.0), cn
 
     def max_pruning(self, k: int, budget: float, allow: bool):
-        """Largest pruning level whose estimated error fits ``budget`` at ``k`` centroids."""
-        c0, e0, _ = self.quantize(0, k)
-        if e0 > budget:
+        """Largest pruning level whose estimated error fits ``budget`` at ``k`` centroids.
+
+        Returns ``(level, centroids, error, cluster counts, init)`` or None.
+        """
+        for init in ("linear", "density"):
+            c0, e0, n0 = self.quantize(0, k, init)
+            if e0 <= budget:
+                break
+        else:
             return None
         if not allow:
-            return 0, c0, e0
-        lo, hi = 0, self.B  # invariant: level lo fits
-        best = (0, c0, e0)
+            return 0, c0, e0, n0, init
+        lo = 0  # invariant: level lo fits
+        best = (0, c0, e0, n0)
         # the pruning error alone bounds the search
-        hi = int(np.searchsorted(self.prune_err, budget, side="right")) - 1
+        hi = int(np.searchsorted(self.prune_floor, budget, side="right")) - 1
         hi = min(hi, self.B)
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            c, e, _ = self.quantize(mid, k)
+            c, e, cn = self.quantize(mid, k, init)
             if e <= budget and len(c):
                 lo = mid
-                best = (mid, c, e)
+                best = (mid, c, e, cn)
             else:
                 hi = mid - 1
-        return best
+        return (*best, init)
 
-    def size_estimate(self, j: int, centroids: np.ndarray, itemsize: int) -> float:
+    def size_estimate(self, j: int, centroids: np.ndarray, counts: np.ndarray, itemsize: int) -> float:
         """Estimated bytes: index stream + positions (binary entropy) + codebook."""
-        c, _, counts = self.quantize(j, len(centroids))
         kept = float(self.numel - self.prune_cnt[j])
         n = self.numel
         counts = counts[counts > 0].astype(np.int64)
@@ -604,7 +724,114 @@ class _Histogram:
             bits = min(sparse_bits, dense_bits)
         else:
             bits = idx_bits
-        return bits / 8 + (len(c) + 1) * itemsize + 24
+        return bits / 8 + (len(centroids) + 1) * itemsize + 24
+
+    def encode(self, name: str, flat: np.ndarray, dtype: DType, shape: tuple, j: int,
+               centroids: np.ndarray, cdt: DType, recipe: Recipe,
+               extremes: tuple[float, float]) -> tuple[TensorCode, int | None]:
+        """The TensorCode of pruning level ``j`` with weights shared by ``centroids``, and its size.
+
+        Every kept weight goes to its nearest centroid -- the label
+        ``searchsorted(midpoints, x, side="left")`` -- and each centroid becomes
+        the exact mean of its weights (clipped to the range of the kept
+        weights; empty clusters are dropped).  A bin that no midpoint crosses
+        takes its label from a table; in a bin that one midpoint crosses an
+        element compares itself with it, and bins that several cross are
+        searched element by element.  The dense layout is built
+        here, with its error measured exactly (indices are uint16 when the
+        codebook has more than 254 entries); when a sparse layout could be
+        smaller, :func:`codebook_tensor` chooses, and the size is None: the
+        caller measures the error and the size.
+        """
+        c = np.asarray(centroids, dtype=np.float64)
+        k = len(c)
+        n2 = 2 * self.B
+        mids = (c[1:] + c[:-1]) * 0.5
+        edges = -self.amax + np.arange(n2) * self.width
+        # an element's bin comes from float arithmetic accurate to ~1e-3 bin: widen each
+        # bin by 1/100 of a bin on both sides before asking which midpoints it holds
+        lab_lo = np.searchsorted(mids, edges - 0.01 * self.width, side="left")
+        lab_hi = np.searchsorted(mids, edges + 1.01 * self.width, side="left")
+        kept_bin = np.ones(n2, dtype=bool)
+        kept_bin[self.B - j : self.B + j] = False
+        # table codes besides the labels 0..k-1; pruned elements usually end up in an
+        # appended zero centroid, index k, so their code is k
+        pruned, straddle = k, k + 1
+        table = np.where(lab_lo == lab_hi, lab_lo, straddle).astype(np.uint8 if k + 2 <= 256
+                                                                      else np.uint16)
+        table[~kept_bin] = pruned
+        # a bin that one midpoint crosses: label lab_lo + (x > midpoint); more: searched
+        one = lab_hi == lab_lo + 1
+        cross = np.where(one, mids[np.minimum(lab_lo, max(k - 2, 0))] if k > 1 else 0.0, np.nan)
+        # counts and sums of the kept weights per centroid: whole bins, then straddling elements
+        whole = kept_bin & (table < straddle)
+        cnt = np.bincount(table[whole], weights=self.cnt[whole], minlength=k)
+        tot = np.bincount(table[whole], weights=self.s1[whole], minlength=k)
+        labels = np.empty(self.numel, dtype=table.dtype)
+        for a, b in _blocks(self.numel):
+            out = labels[a:b]
+            table.take(self.idx[a:b], out=out, mode="wrap")
+            at = np.flatnonzero(out == straddle)
+            if len(at):
+                x = _work(flat[a:b], dtype)[at].astype(np.float64)
+                bins = self.idx[a:b][at]
+                m = cross.take(bins)
+                lab = lab_lo.take(bins) + (x > m)
+                many = np.isnan(m)
+                if many.any():
+                    lab[many] = np.searchsorted(mids, x[many], side="left")
+                out[at] = lab
+                cnt += np.bincount(lab, minlength=k)
+                tot += np.bincount(lab, weights=x, minlength=k)
+        nnz = int(round(cnt.sum()))
+        numel = self.numel
+        used = np.flatnonzero(cnt)
+        vmin, vmax = extremes
+        if nnz and not all(kept_bin[max(0, min(n2 - 1, int((v + self.amax) / self.width) + d))]
+                           for v in extremes for d in (-1, 0, 1)):
+            kept = _work(flat, dtype)[self.keep_mask(j)]  # an extreme is (near) pruned: rare
+            vmin, vmax = float(kept.min()), float(kept.max())
+        means = np.clip(tot[used] / cnt[used], vmin, vmax) if nnz else np.zeros(0)
+        book = from_float64(means, cdt)
+        counts = cnt[used].astype(np.int64)
+        dense = _dense_option(book, cdt, dtype, counts, numel, nnz) if nnz else None
+        values_size = 8 + len(book) * cdt.itemsize + (_stream_size(counts) if len(book) > 1 else 0)
+        remap = np.zeros(k + 2, dtype=np.uint16)
+        remap[used] = np.arange(len(used))
+        if dense is None or (nnz < numel and (nnz + 7) // 8 + values_size < dense[0]):
+            # a sparse layout might be smaller: let codebook_tensor size them all
+            keep = self.keep_mask(j)
+            kept_labels = remap.take(labels[keep])
+            del labels
+            code = codebook_tensor(name, dtype, shape, keep, means, kept_labels, recipe=recipe,
+                                   codebook_dtype=cdt)
+            return code, None
+        size, zslot, extend = dense
+        if extend:
+            book = np.concatenate([book, from_float64(np.zeros(1), cdt)])
+        if zslot is not None:
+            remap[pruned] = zslot
+        if len(used) < k or (zslot is not None and zslot != pruned):  # rare: relabel
+            remap = remap.astype(labels.dtype)
+            for a, b in _blocks(numel):
+                labels[a:b] = remap.take(labels[a:b], mode="wrap")
+        # exact error of the reconstruction a decoder returns (centroids as the decoder
+        # widens them, held in the work type, which represents them exactly)
+        values = to_float64(widen(book, cdt, dtype), dtype).astype(_work(flat[:0], dtype).dtype)
+        err2, mx = 0.0, 0.0
+        vbuf = np.empty(min(numel, _BLOCK), dtype=values.dtype)
+        dbuf = np.empty(min(numel, _BLOCK), dtype=np.float64)
+        for a, b in _blocks(numel):
+            v, d = vbuf[: b - a], dbuf[: b - a]
+            values.take(labels[a:b], out=v, mode="wrap")
+            np.subtract(_work(flat[a:b], dtype), v, out=d, dtype=np.float64)
+            err2 += float(np.einsum("i,i->", d, d))
+            mx = max(mx, float(d.max()), -float(d.min()))
+        rel = math.sqrt(err2) / math.sqrt(self.norm2)
+        recipe = dataclasses.replace(recipe, rel_error=rel, max_abs_error=mx)
+        code = TensorCode(name, dtype, shape, values=Values.CODEBOOK, codebook=book,
+                          codebook_dtype=cdt, indices=labels, recipe=recipe)
+        return code, 16 + size
 
 
 # ---------------------------------------------------------------------------
