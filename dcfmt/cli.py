@@ -136,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcz", description="The .dcz Deep Compression format.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
+    try:  # dcfmt.converters imports torch and safetensors only when a conversion runs
+        from .converters.cli import register as register_convert
+    except ModuleNotFoundError as exc:  # a source tree used without installing it
+        if exc.name != "dcfmt.converters":
+            raise
+    else:
+        register_convert(sub)
     p = sub.add_parser("info", help="per-tensor statistics of a .dcz file")
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -146,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-checksums", action="store_true",
                    help="skip CRC-32 checks (every other rule is still checked)")
     p.set_defaults(func=cmd_validate)
+    from .demo import register as register_demo  # imports torch and scikit-learn only when run
+
+    register_demo(sub)
     return parser
 
 

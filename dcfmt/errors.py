@@ -23,6 +23,7 @@ __all__ = [
     "UnsupportedFeatureError",
     "LimitError",
     "EncodeError",
+    "ConvertError",
 ]
 
 
@@ -105,3 +106,14 @@ class LimitError(DczError):
 
 class EncodeError(DczError):
     """A write request that the format cannot express (bad name, dtype, shape, state)."""
+
+
+class ConvertError(DczError):
+    """A checkpoint handed to :mod:`dcfmt.converters` cannot be converted.
+
+    Raised for corrupt or hostile input files of other formats (safetensors,
+    torch pickles, npz), pickles that would run code, tensors whose type .dcz
+    cannot store, and output that failed verification.  The converters add
+    subclasses that are also a :class:`LimitError` or an
+    :class:`UnsupportedFeatureError`, so the CLI maps them to those exit codes.
+    """
