@@ -955,7 +955,6 @@ class DczSink(Sink):
                 self.expected[name] = None
         before = self._writer.bytes_written
         self._writer.write_code(code)
-        self._writer.codes.clear()  # the writer keeps codes for reports; we report as we go
         if self._follow is not None:
             self._atomic.file.flush()
             self._follow.publish(self._writer.bytes_written)

@@ -36,10 +36,11 @@ def save(tensors: Mapping[str, np.ndarray], target, *, plan=None,
     Example:
         >>> save({"w": np.ones((3, 3), np.float32)}, "w.dcz", plan="lossless")  # doctest: +SKIP
     """
+    codes = []
     with Writer(target, metadata=metadata, plan=plan, options=options) as w:
         for name in sorted(tensors):
-            w.write(name, tensors[name])
-    return w.codes
+            codes.append(w.write(name, tensors[name]))
+    return codes
 
 
 def load(source, *, limits: DecodeLimits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:

@@ -36,7 +36,8 @@ from .constants import (
     PruneMethod,
     Values,
 )
-from .dtypes import DType, from_float64, from_name, from_numpy, to_float64, to_storage, widen
+from .dtypes import (DType, codebook_dtype_allowed, from_float64, from_name, from_numpy,
+                     to_float64, to_storage, widen)
 from .errors import EncodeError
 from .prune import prune_mask
 from .quantize import kmeans
@@ -294,6 +295,17 @@ def _dense_option(book: np.ndarray, cdt: DType, dtype: DType, counts: np.ndarray
     return size, zslot, bool(extend)
 
 
+def _codebook_dtype(name: str | None, dtype: DType) -> DType | None:
+    """A plan's codebook dtype for a tensor of ``dtype``: the named one where it can
+    serve the tensor (spec 7.3), else None (the tensor's own type).  So a
+    float16 codebook setting narrows float32 tensors and leaves a mixed-precision
+    model's float16 and bfloat16 tensors with their own types."""
+    if not name:
+        return None
+    cdt = from_name(name)
+    return cdt if codebook_dtype_allowed(dtype, cdt) else None
+
+
 def _lossy_ok(storage: np.ndarray, dtype: DType) -> bool:
     return dtype.is_float and storage.size > 0
 
@@ -389,7 +401,7 @@ class FixedPlan(Plan):
                         kmeans_iterations=clus.iterations,
                         seed=self.seed if clus.init is KMeansInit.RANDOM else None,
                         finetuned=False)
-        cdt = from_name(self.codebook_dtype) if self.codebook_dtype else None
+        cdt = _codebook_dtype(self.codebook_dtype, dtype)
         code = codebook_tensor(name, dtype, storage.shape, keep, clus.centroids, clus.labels,
                                recipe=recipe, codebook_dtype=cdt)
         return _with_errors(code, storage)
@@ -501,7 +513,7 @@ class ErrorBoundedPlan(Plan):
         lossless_size = _code_size(lossless)
         budget = self.max_error ** 2 * norm2
         hist = _Histogram(flat, dtype, self.bins, max(-vmin, vmax), norm2)
-        cdt = from_name(self.codebook_dtype) if self.codebook_dtype else dtype
+        cdt = _codebook_dtype(self.codebook_dtype, dtype) or dtype
         candidates = []
         for bits in range(1, self.max_bits + 1):
             found = hist.max_pruning(1 << bits, budget, self.allow_pruning)

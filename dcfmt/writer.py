@@ -47,6 +47,9 @@ class Writer:
         options: Huffman stream parameters.
         verify: for path targets, re-read the finished file and check its
             structure and checksums before it replaces the target.
+        keep_codes: remember every TensorCode written in ``codes`` (for
+            reports); off by default, since on a large checkpoint they hold
+            every tensor's encoded content.
 
     Leaving a ``with`` block finishes the file (index and trailer); an
     exception inside the block aborts it instead, and a path target is left
@@ -58,7 +61,8 @@ class Writer:
     """
 
     def __init__(self, target, *, metadata: dict[str, str] | None = None, plan=None,
-                 options: EncodeOptions = DEFAULT_OPTIONS, verify: bool = True) -> None:
+                 options: EncodeOptions = DEFAULT_OPTIONS, verify: bool = True,
+                 keep_codes: bool = False) -> None:
         from .plan import resolve_plan
 
         self._plan = resolve_plan(plan)
@@ -76,7 +80,8 @@ class Writer:
         self._entries: list[IndexEntry] = []
         self._names: set[str] = set()
         self._state = _State.OPEN
-        self.codes: list[TensorCode] = []  # what was written, for reports
+        self._keep_codes = keep_codes
+        self.codes: list[TensorCode] = []  # what was written, when keep_codes
         try:
             self._emit(encode_header())
             if metadata:
@@ -153,7 +158,8 @@ class Writer:
             self.abort()
             raise
         self._names.add(code.name)
-        self.codes.append(code)
+        if self._keep_codes:
+            self.codes.append(code)
 
     def close(self) -> None:
         """Write the index and trailer; for a path, commit the file atomically."""
