@@ -17,6 +17,7 @@ import json
 import math
 import sys
 
+from ..cli import format_bytes
 from .errors import ConvertError
 from .formats import FORMATS, OUTPUT_FORMATS, open_source, output_format
 from .plans import PlanError, is_plan_file, load_plan_file, plan_from_spec
@@ -171,14 +172,6 @@ def _metadata(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
 def _fmt_err(x) -> str:
     if x is None:
         return "-"
@@ -198,7 +191,7 @@ def print_report(report, out=None) -> None:
         numel = math.prod(t.shape)
         numel_total += numel
         rows.append((t.name, "x".join(map(str, t.shape)) or "()", t.dtype, t.plan or "-",
-                     t.encoding or "-", _fmt_bytes(t.bytes_in), _fmt_bytes(t.bytes_out),
+                     t.encoding or "-", format_bytes(t.bytes_in), format_bytes(t.bytes_out),
                      f"{t.bytes_in / t.bytes_out:.2f}x" if t.bytes_out else "-",
                      f"{8 * t.bytes_out / numel:.2f}" if numel else "-",
                      _fmt_err(t.rel_error), _fmt_err(t.max_abs_error)))
@@ -207,7 +200,7 @@ def print_report(report, out=None) -> None:
     worst = max((t.rel_error for t in report.tensors if t.rel_error is not None), default=None)
     worst_abs = max((t.max_abs_error for t in report.tensors if t.max_abs_error is not None),
                     default=None)
-    rows.append(("total (tensors)", "", "", "", "", _fmt_bytes(b_in), _fmt_bytes(b_out),
+    rows.append(("total (tensors)", "", "", "", "", format_bytes(b_in), format_bytes(b_out),
                  f"{b_in / b_out:.2f}x" if b_out else "-",
                  f"{8 * b_out / numel_total:.2f}" if numel_total else "-",
                  _fmt_err(worst), _fmt_err(worst_abs)))
@@ -224,8 +217,8 @@ def print_report(report, out=None) -> None:
             print("-" * len(line(head)), file=out)
         print(line(r), file=out)
     lossy = sum(1 for t in report.tensors if t.rel_error is not None)
-    print(f"{report.source} ({report.source_format}, {_fmt_bytes(report.input_bytes)}) -> "
-          f"{report.target} ({report.target_format}, {_fmt_bytes(report.output_bytes)}): "
+    print(f"{report.source} ({report.source_format}, {format_bytes(report.input_bytes)}) -> "
+          f"{report.target} ({report.target_format}, {format_bytes(report.output_bytes)}): "
           f"{report.ratio:.2f}x, {len(report.tensors)} tensors ({lossy} lossy), "
           f"{report.seconds:.1f} s, {report.tensor_bytes / 1e6 / max(report.seconds, 1e-9):.0f} MB/s"
           + ("" if report.verified else ", not verified"), file=out)

@@ -29,6 +29,7 @@ an alias again.  ``.pt`` output ties the tensors for real (one storage).
 from __future__ import annotations
 
 import dataclasses
+import math
 import json
 import os
 import struct
@@ -90,10 +91,7 @@ class TensorMeta:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= int(d)
-        return n
+        return math.prod(int(d) for d in self.shape)
 
     @property
     def nbytes(self) -> int:

@@ -41,7 +41,7 @@ def _fmt_bits(x) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
-def _fmt_bytes(n: int) -> str:
+def format_bytes(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -72,7 +72,7 @@ def cmd_info(args) -> int:
         return EXIT_OK
     print(f"{args.file}: .dcz format {version.major}.{version.minor}, {len(stats)} "
           f"tensor{'s' if len(stats) != 1 else ''}, "
-          f"{_fmt_bytes(file_size)}")
+          f"{format_bytes(file_size)}")
     for key, value in meta.items():
         print(f"  {key} = {value!r}")
     head = ("tensor", "shape", "dtype", "layout/values", "weights", "kept", "k", "idx b",
@@ -83,11 +83,11 @@ def cmd_info(args) -> int:
             s.name, "x".join(map(str, s.shape)) or "()", s.dtype, f"{s.layout}/{s.values}",
             f"{s.numel}", f"{100 * s.kept:.1f}%", "-" if s.codebook is None else str(s.codebook),
             _fmt_bits(s.index_bits), _fmt_bits(s.index_bits_huffman), _fmt_bits(s.pos_bits),
-            _fmt_bits(s.pos_bits_huffman), _fmt_bytes(s.stored_bytes), f"{s.ratio:.1f}x",
+            _fmt_bits(s.pos_bits_huffman), format_bytes(s.stored_bytes), f"{s.ratio:.1f}x",
         ))
     rows.append(("total", "", "", "", str(sum(s.numel for s in stats)),
                  f"{100 * sum(s.nnz for s in stats) / max(1, sum(s.numel for s in stats)):.1f}%",
-                 "", "", "", "", "", _fmt_bytes(file_size),
+                 "", "", "", "", "", format_bytes(file_size),
                  f"{total_decoded / file_size:.1f}x" if file_size else "-"))
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     line = "  ".join(h.ljust(w) if i < 4 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths)))
