@@ -198,6 +198,9 @@ def _bitmap(rec, values: _Values, start: int, stop: int, out: np.ndarray, block:
         b0, b1 = pos // 8, -(-end // 8)
         bits = np.unpackbits(raw[b0:b1], bitorder="little")
         local = np.flatnonzero(bits[pos - 8 * b0 : end - 8 * b0])
+        if rank + len(local) > bm.nnz:
+            raise FormatError(f"bitmap has more than the {bm.nnz} set bits its header declares",
+                              offset=bm.offset, tensor=rec.name, rule="SPA-2")
         if len(local):
             out[local + (pos - start)] = values.get(rank, rank + len(local))
         rank += len(local)

@@ -329,6 +329,10 @@ def decode_relative(rel: Relative, numel: int, tensor: str | None = None, *,
     if symbols is None:
         symbols = huffman.decode_chunks(stream, first, last, "relative index stream", tensor)
     positions, is_real = relative_positions(symbols, rel.bits, int(rel.covered[first]))
+    if int(rel.reals[first]) + len(positions) > rel.nnz:
+        # checked even without ``check``: callers index nnz values with these ranks
+        raise FormatError(f"relative index: more than the {rel.nnz} kept elements its header "
+                          "declares", offset=stream.offset, tensor=tensor, rule="SPA-2")
     if check:
         def err(message: str, rule: str) -> FormatError:
             return FormatError(f"relative index: {message}", offset=stream.offset, tensor=tensor,

@@ -764,7 +764,9 @@ def test_valid_sparse_records():
     (_rel(2, 3, [0, 0]) + section(S.RAW, bytes(12)), (4,), "SPA-2", "index entries"),
     (_rel(2, 0, [0]) + section(S.RAW, b""), (4,), "SPA-2", "without kept"),
     (_rel(2, 1, [0, 3]) + section(S.RAW, bytes(4)), (8,), "SPA-3", "filler"),
-    (_rel(2, 1, [0, 0]) + section(S.RAW, bytes(4)), (8,), "SPA-2", "2 real entries"),
+    (_rel(2, 1, [0, 0]) + section(S.RAW, bytes(4)), (8,), "SPA-2", "more than the 1 kept"),
+    # more real entries than values: found by fuzz_stream as a numpy broadcast error
+    (_rel(2, 2, [0, 0, 0]) + section(S.RAW, bytes(8)), (8,), "SPA-2", "more than the 2 kept"),
     (_rel(2, 2, [2, 2]) + section(S.RAW, bytes(8)), (5,), "SPA-4", "position 5"),
     (_rel(2, 20, [0] * 20, packed([15]) + packed([0])) + section(S.RAW, bytes(80)), (30,), "SPA-5",
      "out of range"),
@@ -787,7 +789,9 @@ def test_relative_layout_rules(secs, shape, rule, words):
     (section(S.BITMAP, uvar(5) + bytes([0b1111])) + section(S.RAW, bytes(20)), "SPA-2",
      "5 kept elements"),
     (section(S.BITMAP, uvar(1) + bytes([0b10001])) + section(S.RAW, bytes(4)), "SPA-6", "padding"),
-    (section(S.BITMAP, uvar(1) + bytes([0b11])) + section(S.RAW, bytes(4)), "SPA-2", "2 set bits"),
+    (section(S.BITMAP, uvar(1) + bytes([0b11])) + section(S.RAW, bytes(4)), "SPA-2", "set bits"),
+    # more set bits than values: found by fuzz_stream as a numpy broadcast error
+    (section(S.BITMAP, uvar(2) + bytes([0b111])) + section(S.RAW, bytes(8)), "SPA-2", "set bits"),
     (section(S.BITMAP, uvar(1)) + section(S.RAW, bytes(4)), "SEC-5", ""),
     (section(S.RAW, bytes(16)), "SEC-4", "positions section"),
 ])

@@ -324,7 +324,8 @@ def test_trailing_filler():
 
 
 def test_real_entry_count_differs_from_header():
-    _decode_fails(rel_body(2, 2, [0, 0, 0]), 10, "SPA-2", "3 real entries")
+    _decode_fails(rel_body(2, 2, [0, 0, 0]), 10, "SPA-2", "more than the 2 kept elements")
+    _decode_fails(rel_body(2, 3, [0, 3, 0]), 10, "SPA-2", "2 real entries")
 
 
 def test_position_past_the_end():
