@@ -652,6 +652,14 @@ class DczSource(Source):
             self._next += 1
             if got != name:  # the index and the records disagree; the lazy path will say how
                 raise ConvertError(f"{self.path}: record {got!r} where the index lists {name!r}")
+            if self._next == len(self._order):
+                # run the walk to its end: it checks the index against every record
+                # (NDX-4: a dtype or shape the index gets wrong), the trailer and that
+                # nothing follows it, none of which the lazy open or the records read
+                # so far have checked
+                extra = next(self._tensors, None)
+                if extra is not None:
+                    raise ConvertError(f"{self.path}: record {extra[0]!r} is not in the index")
             return _as_storage(array, meta.dtype), meta.dtype
         return _as_storage(self._f[name], meta.dtype), meta.dtype
 
@@ -1103,10 +1111,15 @@ class NpzSink(Sink):
 
     def __init__(self, path: str, **kw) -> None:
         super().__init__(path, **kw)
-        for name in self.infos:
-            _check_member_name(name)
-        self._bf16: list[str] = []
-        self._zf = zipfile.ZipFile(self._atomic.file, "w", zipfile.ZIP_STORED, allowZip64=True)
+        self._zf = None
+        try:
+            for name in self.infos:
+                _check_member_name(name)
+            self._bf16: list[str] = []
+            self._zf = zipfile.ZipFile(self._atomic.file, "w", zipfile.ZIP_STORED, allowZip64=True)
+        except BaseException:
+            self._atomic.abort()  # convert_source never sees this sink: drop its temporary file
+            raise
 
     def add(self, name: str, array: np.ndarray, dtype: DType) -> Written:
         arr = _as_storage(array, dtype)
@@ -1127,6 +1140,17 @@ class NpzSink(Sink):
             with self._zf.open(NPZ_METADATA + ".npy", "w") as f:
                 np.lib.format.write_array(f, np.array(doc), allow_pickle=False)
         self._zf.close()
+
+    def abort(self) -> None:
+        # close the archive before its file goes: left open, ZipFile.__del__ would later
+        # write to the closed file and print "Exception ignored ... seek of closed file"
+        zf, self._zf = self._zf, None
+        if zf is not None:
+            try:
+                zf.close()
+            except (OSError, ValueError):  # the write that failed may fail again; it is dropped
+                pass
+        super().abort()
 
 
 
@@ -1149,10 +1173,10 @@ class TorchSink(Sink):
     format = "torch"
 
     def __init__(self, path: str, **kw) -> None:
-        super().__init__(path, **kw)
         from .torch_io import require_torch
 
-        require_torch()
+        require_torch()  # before the temporary file exists: nothing to clean up if torch is missing
+        super().__init__(path, **kw)
         self._state: dict = {}
         user = {k: v for k, v in self.metadata.items() if k != ALIASES_KEY}
         if user:

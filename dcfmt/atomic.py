@@ -10,6 +10,7 @@ file is only unlinked by the rename, after the new one is complete.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from typing import Callable
@@ -38,7 +39,14 @@ class AtomicFile:
         return self.file.write(data)
 
     def commit(self, verify: Callable[[str], None] | None = None) -> None:
-        """Flush, fsync, run ``verify(tmp_path)``, rename over the target, fsync the directory."""
+        """Flush, fsync, run ``verify(tmp_path)``, rename over the target, fsync the directory.
+
+        Raises:
+            OSError: writing, syncing or renaming failed; the temporary file is
+                removed and the target keeps its old content -- unless only the
+                final fsync of the directory failed: then the target already is
+                the new file and the error says its durability is unknown.
+        """
         try:
             self.file.flush()
             os.fsync(self.file.fileno())
@@ -74,14 +82,21 @@ class AtomicFile:
             self.abort()
 
 
+#: errors of fsync on a directory that mean "not supported here", not "failed"
+_FSYNC_DIR_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF})
+
+
 def _fsync_dir(directory: str) -> None:
+    """Make the rename durable.  A real failure (EIO, ENOSPC) is raised: the target
+    already is the complete new file, but whether it survives a power loss is unknown."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:  # pragma: no cover - platforms without directory fds
         return
     try:
         os.fsync(fd)
-    except OSError:  # pragma: no cover - some filesystems refuse
-        pass
+    except OSError as exc:
+        if exc.errno not in _FSYNC_DIR_UNSUPPORTED:
+            raise
     finally:
         os.close(fd)

@@ -52,7 +52,10 @@ def format_bytes(n: int) -> str:
 def cmd_info(args) -> int:
     """Per-tensor table of a file: where the bits went (the paper's Tables 2-5).
 
-    Uses the lazy loader: reads the index and each record's headers, decodes nothing.
+    Uses the lazy loader: checks the index and each tensor record's framing,
+    CRC and headers, and decodes nothing, so it is fast on any file.  Defects
+    only a decode can find (a Huffman payload, sparse positions) are the job
+    of ``dcz validate``.
     """
     from .lazy import open as lazy_open
 
