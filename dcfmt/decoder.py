@@ -95,21 +95,20 @@ class _Values:
         return _lookup(self.book, idx)
 
 
-def decode_range(rec, start: int, stop: int, *, out: np.ndarray | None = None,
-                 method: str = "auto", full: bool | None = None) -> np.ndarray:
+def decode_range(rec, start: int, stop: int, *, method: str = "auto",
+                 full: bool | None = None) -> np.ndarray:
     """Decode flat elements ``[start, stop)`` of a parsed tensor record.
 
     Args:
         rec: a TensorRecord from :func:`dcfmt.record.parse_tensor`.
         start, stop: flat C-order element range, ``0 <= start <= stop <= numel``.
-        out: optional storage-dtype array of ``stop - start`` elements to fill.
         method: Huffman decoder ("auto", "lockstep", "bitarray").
         full: apply the whole-tensor checks (default: when the range is the
             whole tensor).
 
     Returns:
         A 1-D array in the tensor's storage dtype.  For dense raw records
-        without ``out`` this is a read-only view of the record's bytes.
+        this is a view of the record's bytes (read-only if they are).
     """
     numel = rec.numel
     if not 0 <= start <= stop <= numel:
@@ -119,15 +118,9 @@ def decode_range(rec, start: int, stop: int, *, out: np.ndarray | None = None,
     n = stop - start
     dt = rec.dtype.storage
     if rec.layout is Layout.DENSE and rec.values is Values.RAW:
-        view = np.frombuffer(rec.raw, dtype=dt, count=n, offset=start * rec.dtype.itemsize)
-        if out is None:
-            return view
-        out[:] = view
-        return out
-    if out is None:
-        out = np.zeros(n, dtype=dt) if rec.layout is not Layout.DENSE else np.empty(n, dtype=dt)
-    elif rec.layout is not Layout.DENSE:
-        out[:] = 0
+        return np.frombuffer(rec.raw, dtype=dt, count=n, offset=start * rec.dtype.itemsize)
+    # sparse layouts start from zeros: the elements not stored
+    out = np.zeros(n, dtype=dt) if rec.layout is not Layout.DENSE else np.empty(n, dtype=dt)
     values = _Values(rec, method)
     size = rec.decoded_bytes
     if rec.layout is Layout.DENSE:

@@ -205,8 +205,6 @@ def walk(src, limits: DecodeLimits = DEFAULT_LIMITS, *, checksums: bool = True) 
         if aligned and start % ALIGNMENT:
             raise FormatError(f"ALIGNED record at offset {start}, not a multiple of {ALIGNMENT}",
                               offset=start, rule="RCD-4")
-        if aligned and not padded and pos % ALIGNMENT:
-            raise FormatError("ALIGNED record without padding", offset=start, rule="RCD-4")
         body = src.read(body_len, "record body")
         (stored,) = np.frombuffer(src.read(CRC_SIZE, "record CRC-32"), "<u4")
         computed = crc32(prefix, body) if checksums else int(stored)
@@ -258,10 +256,8 @@ def walk(src, limits: DecodeLimits = DEFAULT_LIMITS, *, checksums: bool = True) 
 def _index_mismatch(entries: list, seen: list) -> str:
     if len(entries) != len(seen):
         return f"index lists {len(entries)} records, the file holds {len(seen)}"
-    for i, (a, b) in enumerate(zip(entries, seen)):
-        if a != b:
-            return f"index entry {i} is {a}, the record there is {b}"
-    return "index disagrees with the records"
+    i, a, b = next((i, a, b) for i, (a, b) in enumerate(zip(entries, seen)) if a != b)
+    return f"index entry {i} is {a}, the record there is {b}"
 
 
 def _open_source(target):
