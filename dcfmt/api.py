@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Mapping
 
 import numpy as np
 
 from .limits import DEFAULT_LIMITS, DecodeLimits
-from .reader import BufferSource, Reader, StreamSource, walk
+from .reader import Reader
 from .record import DEFAULT_OPTIONS, EncodeOptions, TensorCode
 from .writer import Writer
 

@@ -1,12 +1,15 @@
 """Benchmarks of the codec: ``python -m dcfmt.bench`` prints tables.
 
-Two tables:
+Three tables:
 
 1. Huffman streams alone: encode and decode speed in millions of symbols per
    second, bits per symbol against the empirical Shannon entropy of the coded
    symbols (the overhead includes the code table and chunk offsets).
 2. Whole tensors of float32 weights through a plan: compression ratio, encode
    and decode throughput in MB/s of float32, and peak traced memory of decoding.
+3. Models of many 5-bit tensors: loading them with the reader, which decodes
+   short Huffman streams of consecutive tensors together, against decoding
+   each tensor on its own.
 
 Numbers depend on the machine; this prints them, it never judges them.
 Use ``--quick`` for a fast run, ``--json`` for machine-readable output.
@@ -134,6 +137,34 @@ def tensor_table(numel: int, repeat: int, seed: int = 0) -> list[dict]:
             "enc_MB_s": mb / t_enc, "dec_MB_s": mb / t_dec,
             "dec_peak_MB": peak / 1e6, "dec_peak_over_output": peak / w.nbytes,
         })
+    return rows
+
+
+def model_table(shapes, repeat: int, seed: int = 0) -> list[dict]:
+    """Load speed of models of many coded tensors: batched reader vs one tensor at a time."""
+    from . import api
+    from .plan import FixedPlan
+    from .reader import Reader
+    from .record import decode_tensor
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for count, shape in shapes:
+        tensors = {f"layer{i:03d}.weight": (rng.normal(size=shape) * 0.05).astype(np.float32)
+                   for i in range(count)}
+        data = api.encode(tensors, plan=FixedPlan(bits=5))
+        weights = count * math.prod(shape)
+
+        def alone():
+            with Reader(data) as r:
+                return [decode_tensor(rec) for rec in r.records()]
+
+        t_batch, out = _best(lambda: api.decode(data), repeat)
+        t_alone, one = _best(alone, repeat)
+        assert all(np.array_equal(a, b) for a, b in zip(out.values(), one))
+        rows.append({"model": f"{count} x {shape[0]}x{shape[1]}", "weights": weights,
+                     "batched_Mw_s": weights / t_batch / 1e6, "alone_Mw_s": weights / t_alone / 1e6,
+                     "speedup": t_alone / t_batch})
     return rows
 
 
@@ -277,13 +308,16 @@ def main(argv=None) -> int:
     numel = 1 << 20 if args.quick else 1 << 24
     hrows = huffman_table(sizes, repeat)
     trows = tensor_table(numel, repeat)
+    mrows = model_table([(64, (64, 256)), (16, (256, 256))] if args.quick else
+                        [(256, (256, 256)), (64, (512, 512)), (16, (1024, 1024))], repeat)
     lrows = []
     if args.lazy:
         with tempfile.TemporaryDirectory(dir=args.dir) as d:
             lrows = lazy_table(d, (64 << 20) if args.quick else (1 << 30),
                                (4 << 20) if args.quick else 100_000_000, repeat)
     if args.json:
-        print(json.dumps({"huffman": hrows, "tensors": trows, "lazy": lrows}, indent=2))
+        print(json.dumps({"huffman": hrows, "tensors": trows, "models": mrows, "lazy": lrows},
+                         indent=2))
         return 0
     print("Huffman streams (bits per symbol include the code table and chunk offsets)")
     _print_table(hrows, [("stream", "stream", ""), ("symbols", "symbols", ",d"),
@@ -298,6 +332,11 @@ def main(argv=None) -> int:
                          ("enc_MB_s", "enc MB/s", ".1f"), ("dec_MB_s", "dec MB/s", ".1f"),
                          ("dec_peak_MB", "dec peak MB", ".1f"),
                          ("dec_peak_over_output", "peak/output", ".2f")])
+    print()
+    print("Models of 5-bit tensors: dcfmt.load (short streams decoded together) vs one tensor at a time")
+    _print_table(mrows, [("model", "model", ""), ("weights", "weights", ",d"),
+                         ("batched_Mw_s", "load M weights/s", ".1f"),
+                         ("alone_Mw_s", "one by one M weights/s", ".1f"), ("speedup", "speedup", ".2f")])
     if lrows:
         print()
         print("Lazy loader (dcfmt.open)")

@@ -8,7 +8,9 @@ Decoder side:
     * :func:`parse_stream` -- reads and checks a stream's header (O(table) work,
       nothing decoded), returning a :class:`Stream`.
     * :func:`decode` / :func:`decode_many` / :func:`decode_chunks` -- table-driven
-      decoding of many chunks in lock-step with numpy.
+      decoding of many chunks in lock-step with numpy.  ``decode_many`` runs
+      the chunks of several streams side by side; the reader uses it for the
+      short streams of consecutive tensors (:func:`dcfmt.decoder.predecode`).
 
 Why lock-step: a Huffman stream is sequential, so a scalar decoder runs one
 symbol at a time.  Because the stream stores the bit offset of every chunk of
@@ -579,8 +581,9 @@ def _run_lanes(buf: np.ndarray, starts: np.ndarray, counts: np.ndarray, symtab: 
                 np.bitwise_and(v, mask, out=code)
                 if base is not None:
                     code += base
-                symtab.take(code, out=stage[t - s0], mode="clip")
-                lentab.take(code, out=ln, mode="clip")
+                # in range by construction; "wrap" is the cheapest bounds-safe mode
+                symtab.take(code, out=stage[t - s0], mode="wrap")
+                lentab.take(code, out=ln, mode="wrap")
                 v >>= ln
                 p += ln
                 left -= 1

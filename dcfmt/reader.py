@@ -13,7 +13,6 @@ its body parsed; a record is decoded only when the caller asks for it.
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 from typing import Iterator
 
@@ -38,8 +37,9 @@ from .container import (
     parse_trailer,
     FileHeader,
 )
-from .errors import ChecksumError, DczError, FormatError, TruncatedError
+from .errors import ChecksumError, FormatError, TruncatedError
 from .limits import DEFAULT_LIMITS, DecodeLimits
+from .decoder import decode_in_batches
 from .record import TensorRecord, decode_tensor, parse_tensor
 
 __all__ = ["Reader", "walk", "Event", "StreamSource", "BufferSource"]
@@ -274,11 +274,14 @@ def _open_source(target):
 class Reader:
     """Iterate the tensors of a .dcz file front to back; works on pipes and sockets.
 
-    Memory stays bounded by the largest record plus its decoded tensor: one
-    record is read, checksummed, decoded and handed out at a time.  The
-    iterator yields ``(name, array)`` pairs; the whole file's structure
-    (index, trailer, no trailing bytes) is checked when the last tensor has
-    been yielded.
+    Memory stays bounded by the largest record plus its decoded tensor plus
+    a constant: records are read, checksummed, decoded and handed out in
+    file order, one at a time, except that runs of small Huffman-coded
+    records (up to 16 MB of records) are read ahead so that their streams
+    decode together in one lock-step pass.  The iterator yields ``(name,
+    array)`` pairs; the whole file's structure (index, trailer, no trailing
+    bytes) is checked when the last tensor has been yielded.  Errors surface
+    in file order, as if each record were decoded as soon as it was read.
 
     Args:
         source: a path, bytes, or a binary file object (only ``read`` or
@@ -341,15 +344,21 @@ class Reader:
                 self.entries = ev.entries
                 return
 
-    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+    def _limited_records(self) -> Iterator[TensorRecord]:
         total = 0
         for rec in self.records():
             total += rec.decoded_bytes
             self._limits.check("decoded bytes so far", total, "max_total_bytes",
                                offset=rec.offset, tensor=rec.name)
-            # a stream's record buffers are ours to hand out; bytes given by the
-            # caller are not, so those tensors are copied
-            yield rec.name, decode_tensor(rec, copy=isinstance(self._src, BufferSource))
+            yield rec
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        # a stream's record buffers are ours to hand out; bytes given by the
+        # caller are not, so those tensors are copied
+        copy = isinstance(self._src, BufferSource)
+        for rec, array in decode_in_batches(
+                self._limited_records(), lambda rec, pre: decode_tensor(rec, copy=copy, pre=pre)):
+            yield rec.name, array
 
     def close(self) -> None:
         """Close the file if this reader opened it."""

@@ -516,7 +516,8 @@ def _check_sections(rec: TensorRecord, seen: set, cur: Cursor, aligned: bool) ->
 # ---------------------------------------------------------------------------
 
 
-def decode_tensor(rec: TensorRecord, *, copy: bool = True, method: str = "auto") -> np.ndarray:
+def decode_tensor(rec: TensorRecord, *, copy: bool = True, method: str = "auto",
+                  pre: dict | None = None) -> np.ndarray:
     """Decode a parsed record into an ndarray of its dtype and shape (spec 4.5).
 
     Args:
@@ -525,11 +526,12 @@ def decode_tensor(rec: TensorRecord, *, copy: bool = True, method: str = "auto")
             record's buffer (read-only if the buffer is); True (default)
             returns an owned array.
         method: Huffman decoder choice (see :func:`dcfmt.huffman.decode`).
+        pre: streams already decoded (:func:`dcfmt.decoder.predecode`).
 
     Raises:
         FormatError: a check that needs decoding failed (HUF-11, SPA-2..5).
     """
-    flat = decode_range(rec, 0, rec.numel, method=method)
+    flat = decode_range(rec, 0, rec.numel, method=method, pre=pre)
     if copy and rec.layout is Layout.DENSE and rec.values is Values.RAW:
         flat = flat.copy()
     return present(flat, rec.shape, rec.dtype)

@@ -16,7 +16,7 @@ import mmap
 import os
 
 from .decoder import decode_range
-from .errors import DczError, LimitError, UnsupportedFeatureError, VersionError
+from .errors import DczError, UnsupportedFeatureError, VersionError
 from .limits import DEFAULT_LIMITS, DecodeLimits
 from .reader import BufferSource, walk
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 import os
 
-import numpy as np
 
 from .atomic import AtomicFile
 from .constants import ALIGNMENT, RECORD_ALIGNED, RecordKind
@@ -23,7 +22,7 @@ from .container import (
     encode_trailer,
     record_prefix,
 )
-from .errors import DczError, EncodeError
+from .errors import EncodeError
 from .record import DEFAULT_OPTIONS, EncodeOptions, TensorCode, check_name, encode_tensor
 
 __all__ = ["Writer"]

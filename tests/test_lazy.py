@@ -1,8 +1,6 @@
 """The memory-mapped lazy loader: dcfmt.open."""
 
 import glob
-import io
-import json
 import os
 import tracemalloc
 
@@ -12,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 import dcfmt
 from dcfmt import huffman
-from dcfmt.errors import ChecksumError, DczError, FormatError
+from dcfmt.errors import ChecksumError, DczError
 from dcfmt.record import EncodeOptions, TensorCode
 from dcfmt.constants import Layout, Values
 from dcfmt.dtypes import DType
@@ -62,6 +60,26 @@ def test_every_vector_reads_the_same_lazily():
             assert f.metadata() == dcfmt.load_metadata(path)
             for name in f.keys():
                 assert f[name].tobytes() == full[name].tobytes()
+
+
+def test_get_tensors_equals_getting_each(model, monkeypatch):
+    path, full = model
+    real_many = huffman.decode_many
+    batches = []
+    monkeypatch.setattr(huffman, "decode_many", lambda s, *a: batches.append(len(s)) or real_many(s, *a))
+    with dcfmt.open(path) as f:
+        every = f.get_tensors()
+        some = f.get_tensors(["scalar", "dense_cb", "raw"])
+        assert not some["raw"].flags.writeable  # raw tensors stay zero-copy views
+        with pytest.raises(KeyError):
+            f.get_tensors(["dense_cb", "nope"])
+    assert list(every) == list(full) and list(some) == ["scalar", "dense_cb", "raw"]
+    for name, arr in every.items():
+        assert arr.dtype == full[name].dtype and arr.tobytes() == full[name].tobytes()
+    for name, arr in some.items():
+        assert arr.tobytes() == full[name].tobytes()
+    # the short index and relative streams were decoded together, not one by one
+    assert batches and batches[0] >= 3
 
 
 def test_raw_tensors_are_read_only_zero_copy_views(model):
@@ -179,7 +197,6 @@ def test_open_memory_does_not_depend_on_declared_sizes(tmp_path):
     f = dcfmt.open(p)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    index_bytes = f.entries[-1].offset  # just an upper bound on record span
     assert peak < 2_000_000
     assert len(f) == 2000 and f["t1999"][0] == 1999
     f.close()

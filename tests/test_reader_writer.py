@@ -389,3 +389,113 @@ def test_failed_load_returns_nothing():
     bad[-30] ^= 0xFF  # inside the index record: its CRC fails after every tensor was read
     with pytest.raises(DczError):
         dcfmt.load(bytes(bad))
+
+
+# -- batched decoding of short streams ----------------------------------------------
+
+
+def _mid_tensors(n=4, shape=(64, 512)):
+    """Tensors whose index streams are short enough to be decoded together."""
+    rng = np.random.default_rng(7)
+    return {f"t{i}": (rng.normal(size=shape) * 0.05).astype(np.float32) for i in range(n)}
+
+
+def _records(data):
+    with dcfmt.Reader(data) as r:
+        return list(r.records())
+
+
+def test_reader_decodes_short_streams_together(monkeypatch):
+    from dcfmt import decoder, huffman
+    from dcfmt.plan import FixedPlan
+    from dcfmt.record import decode_tensor
+
+    data = dcfmt.encode(_mid_tensors(shape=(400, 512)), plan=FixedPlan(bits=5, sparsity=0.85))
+    recs = _records(data)
+    one_by_one = {rec.name: decode_tensor(rec) for rec in recs}
+    # both the relative index and the codebook index of every tensor qualify
+    assert [len(decoder.batched_streams(rec)) for rec in recs] == [2, 2, 2, 2]
+    batches = []
+    real_many = huffman.decode_many
+    monkeypatch.setattr(huffman, "decode_many", lambda s, *a: batches.append(len(s)) or real_many(s, *a))
+    monkeypatch.setattr(huffman, "decode_chunks", lambda *a, **k: pytest.fail("decoded alone"))
+    out = dcfmt.decode(data)
+    assert batches == [8]
+    assert list(out) == list(one_by_one)
+    for name in out:
+        assert same_bits(out[name], one_by_one[name])
+
+
+def test_reader_batches_are_bounded(monkeypatch):
+    from dcfmt import decoder, huffman
+    from dcfmt.plan import FixedPlan
+
+    data = dcfmt.encode(_mid_tensors(6), plan=FixedPlan(bits=5))
+    batches = []
+    real_many = huffman.decode_many
+    monkeypatch.setattr(huffman, "decode_many", lambda s, *a: batches.append(len(s)) or real_many(s, *a))
+    monkeypatch.setattr(decoder, "BATCH_SYMBOLS", 2 * 64 * 512)  # two tensors' worth
+    assert list(dcfmt.decode(data)) == [f"t{i}" for i in range(6)]
+    assert batches == [2, 2, 2]
+
+
+def test_batched_reader_keeps_file_order_around_unbatched_records():
+    from dcfmt import decoder
+
+    t = _mid_tensors(3)
+    t["t1"] = t["t1"][:2, :3]  # too small to batch: decoded alone, between the others
+    data = dcfmt.encode(t, plan="paper")
+    assert [bool(decoder.batched_streams(rec)) for rec in _records(data)] == [True, False, True]
+    with dcfmt.Reader(data) as r:
+        assert [name for name, _ in r] == ["t0", "t1", "t2"]
+
+
+def _corrupt_stream(data: bytes, name: str) -> bytes:
+    """Flip payload bits of ``name``'s index stream and fix every CRC (a HUF-11 error)."""
+    from builders import fix_record_crcs
+
+    rec = next(r for r in _records(data) if r.name == name)
+    s = rec.indices
+    buf = bytearray(data)
+    mid = s.offset + s.size - len(s.payload) // 2
+    buf[mid : mid + 8] = bytes(b ^ 0x5A for b in buf[mid : mid + 8])
+    return fix_record_crcs(bytes(buf))
+
+
+def test_batched_reader_reports_errors_in_file_order():
+    from dcfmt.errors import FormatError
+    from dcfmt.plan import FixedPlan
+
+    data = _corrupt_stream(dcfmt.encode(_mid_tensors(3), plan=FixedPlan(bits=5)), "t1")
+    got = []
+    with pytest.raises(FormatError) as e:
+        with dcfmt.Reader(data) as r:
+            for name, _ in r:
+                got.append(name)
+    assert got == ["t0"]
+    assert (e.value.rule, e.value.tensor) == ("HUF-11", "t1")
+
+
+def test_batched_reader_decodes_read_ahead_records_before_a_later_error():
+    from dcfmt.errors import ChecksumError, FormatError
+    from dcfmt.plan import FixedPlan
+
+    data = dcfmt.encode(_mid_tensors(3), plan=FixedPlan(bits=5))
+    good = dcfmt.decode(data)
+    # t2's record body changes without its CRC: a checksum error when t2 is read,
+    # which a one-by-one reader meets only after handing out t0 and t1
+    t2 = next(r for r in _records(data) if r.name == "t2")
+    buf = bytearray(data)
+    buf[t2.offset + t2.size // 2] ^= 1
+    got = {}
+    with pytest.raises(ChecksumError):
+        with dcfmt.Reader(bytes(buf)) as r:
+            for name, arr in r:
+                got[name] = arr
+    assert list(got) == ["t0", "t1"] and all(same_bits(got[n], good[n]) for n in got)
+    # ... and an earlier tensor's decoding error still comes first
+    bad = bytearray(_corrupt_stream(data, "t1"))
+    bad[t2.offset + t2.size // 2] ^= 1
+    with pytest.raises(FormatError) as e:
+        dcfmt.decode(bytes(bad))
+    assert (e.value.rule, e.value.tensor) == ("HUF-11", "t1")

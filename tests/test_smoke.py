@@ -43,3 +43,22 @@ def test_lossless_is_bit_exact():
         array = np.asarray(array)
         assert out[name].dtype == array.dtype and out[name].shape == array.shape
         assert out[name].tobytes() == array.tobytes()
+
+
+def test_codec_benchmark_runs_and_reports_every_table():
+    """``python -m dcfmt.bench --quick`` measures; it asserts correctness, never speed."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "dcfmt.bench", "--quick", "--json"],
+                         capture_output=True, text=True, check=True, timeout=300).stdout
+    report = json.loads(out)
+    assert [r["stream"] for r in report["huffman"]][:4] == [
+        "indices k=16", "indices k=32", "indices k=256", "rel. index b=5, 8% kept"]
+    assert all(r["over_entropy_pct"] >= 0 for r in report["huffman"])
+    assert [r["plan"] for r in report["tensors"]] == [
+        "lossless", "4-bit codebook", "8-bit codebook", "error-bounded 1%", "90% pruned, 5-bit"]
+    assert report["tensors"][0]["ratio"] == pytest.approx(1.0, abs=1e-3)
+    assert [r["model"] for r in report["models"]] == ["64 x 64x256", "16 x 256x256"]
+    assert report["lazy"] == []

@@ -8,13 +8,11 @@ import struct
 import zlib
 
 import numpy as np
-import pytest
 from hypothesis import given, settings, strategies as st
 
 import dcfmt
-from dcfmt import cli, container
-from dcfmt.binary import uvar
-from dcfmt.constants import Layout, RecordKind
+from dcfmt import cli
+from dcfmt.constants import Layout
 from dcfmt.dtypes import DType
 from dcfmt.errors import DczError
 from dcfmt.record import TensorCode

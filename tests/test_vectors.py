@@ -18,6 +18,7 @@ import pytest
 import dcfmt
 from dcfmt import huffman
 from dcfmt.dtypes import from_name
+from dcfmt.record import decode_tensor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VECTORS = os.path.join(os.path.dirname(HERE), "spec", "vectors")
@@ -85,9 +86,20 @@ def test_vector_streams_with_short_reads(name):
     _check(out, exp)
 
 
-@pytest.mark.parametrize("method", ["bitarray", "lockstep"])
+@pytest.mark.parametrize("method", ["bitarray", "lockstep", "batched"])
 @pytest.mark.parametrize("name", NAMES)
 def test_vector_huffman_decoders_agree(name, method, monkeypatch):
+    """Every Huffman decoder, forced on every stream, gives the expected tensors."""
+    with dcfmt.Reader(_bytes(name)) as r:
+        recs = list(r.records())
+    streams = [s for rec in recs
+               for s in (rec.indices, rec.relative.stream if rec.relative else None)
+               if s is not None and s.n_symbols]
+    pre = None
+    if method == "batched":
+        # all of the file's streams in one lock-step pass, as Reader batches them
+        pre = {s.offset: a for s, a in zip(streams, huffman.decode_many(streams))}
+        method = "auto"
     real = huffman.decode_chunks
     calls = []
 
@@ -97,13 +109,10 @@ def test_vector_huffman_decoders_agree(name, method, monkeypatch):
 
     forced_method = method
     monkeypatch.setattr(huffman, "decode_chunks", forced)
-    _check(dcfmt.decode(_bytes(name)), _expected(name))
-    # every non-empty Huffman stream of the file went through the forced decoder
-    with dcfmt.Reader(_bytes(name)) as r:
-        streams = [s for rec in r.records()
-                   for s in (rec.indices, rec.relative.stream if rec.relative else None)
-                   if s is not None and s.n_symbols]
-    assert len(calls) == len(streams)
+    out = {rec.name: decode_tensor(rec, method=method, pre=pre) for rec in recs}
+    _check(out, _expected(name))
+    # every non-empty Huffman stream went through the forced decoder, or none did
+    assert len(calls) == (0 if pre is not None else len(streams))
 
 
 def test_generator_never_overwrites(tmp_path):
