@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 from typing import Iterator
 
 import numpy as np
@@ -271,22 +272,37 @@ def _open_source(target):
     return StreamSource(target), None
 
 
+def _can_read_ahead(src, owned) -> bool:
+    """True when reading ahead cannot wait on a writer: bytes, or a regular file."""
+    if isinstance(src, BufferSource):
+        return True
+    try:
+        return owned is not None and stat.S_ISREG(os.fstat(owned.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 class Reader:
     """Iterate the tensors of a .dcz file front to back; works on pipes and sockets.
 
     Memory stays bounded by the largest record plus its decoded tensor plus
     a constant: records are read, checksummed, decoded and handed out in
-    file order, one at a time, except that runs of small Huffman-coded
-    records (up to 16 MB of records) are read ahead so that their streams
-    decode together in one lock-step pass.  The iterator yields ``(name,
-    array)`` pairs; the whole file's structure (index, trailer, no trailing
-    bytes) is checked when the last tensor has been yielded.  Errors surface
-    in file order, as if each record were decoded as soon as it was read.
+    file order, one at a time.  When reading ahead cannot block (bytes, or
+    a path to a regular file), runs of small Huffman-coded records (up to
+    16 MB of records) are read ahead so that their streams decode together
+    in one lock-step pass (:func:`dcfmt.decoder.decode_in_batches`); errors
+    still surface in file order.  A file object may be a pipe whose writer
+    waits for this reader, so it is read one record at a time unless
+    ``batch=True``.  The iterator yields ``(name, array)`` pairs; the whole
+    file's structure (index, trailer, no trailing bytes) is checked when the
+    last tensor has been yielded.
 
     Args:
         source: a path, bytes, or a binary file object (only ``read`` or
             ``readinto`` is used, so non-seekable streams work).
         limits: decoder limits (spec 9).
+        batch: read ahead to decode short streams together: None (default)
+            when ``source`` is bytes or a regular file opened by path.
 
     Example:
         >>> import sys
@@ -295,9 +311,11 @@ class Reader:
         ...         print(name, array.shape)
     """
 
-    def __init__(self, source, *, limits: DecodeLimits = DEFAULT_LIMITS) -> None:
+    def __init__(self, source, *, limits: DecodeLimits = DEFAULT_LIMITS,
+                 batch: bool | None = None) -> None:
         self._src, self._owned = _open_source(source)
         self._limits = limits
+        self._batch = _can_read_ahead(self._src, self._owned) if batch is None else batch
         self._events = walk(self._src, limits)
         self._pending: Event | None = None
         self.header: FileHeader | None = None
@@ -356,6 +374,10 @@ class Reader:
         # a stream's record buffers are ours to hand out; bytes given by the
         # caller are not, so those tensors are copied
         copy = isinstance(self._src, BufferSource)
+        if not self._batch:
+            for rec in self._limited_records():
+                yield rec.name, decode_tensor(rec, copy=copy)
+            return
         for rec, array in decode_in_batches(
                 self._limited_records(), lambda rec, pre: decode_tensor(rec, copy=copy, pre=pre)):
             yield rec.name, array

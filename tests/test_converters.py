@@ -786,3 +786,23 @@ def test_a_failure_mid_conversion_leaves_no_trace(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["m.dcz", "m.safetensors"]
     report = convert(src, out, plan="lossless", verify=False)  # no read-back thread at all
     assert not report.verified and dcfmt.validate(str(out)).valid
+
+
+def test_verified_conversion_of_many_mid_size_tensors_finishes(tmp_path):
+    """The read-back check follows the writer through a pipe-like tee that holds
+    at most two tensors; a reader that read ahead to batch short Huffman streams
+    would wait for records the writer cannot write yet (a deadlock once seen)."""
+    from dcfmt import decoder
+
+    rng = np.random.default_rng(5)
+    tensors = {f"layer{i}.weight": (rng.normal(size=(256, 512)) * 0.02).astype(np.float32)
+               for i in range(6)}
+    src = tmp_path / "m.safetensors"
+    np_save_file(tensors, str(src))
+    out = tmp_path / "m.dcz"
+    subprocess.run([sys.executable, "-m", "dcfmt", "convert", str(src), str(out), "--quiet"],
+                   check=True, timeout=240)
+    with dcfmt.Reader(str(out)) as r:
+        assert all(decoder.batched_streams(rec) for rec in r.records())  # the case that hung
+    got = dcfmt.load(out)
+    assert list(got) == sorted(tensors)

@@ -499,3 +499,30 @@ def test_batched_reader_decodes_read_ahead_records_before_a_later_error():
     with pytest.raises(FormatError) as e:
         dcfmt.decode(bytes(bad))
     assert (e.value.rule, e.value.tensor) == ("HUF-11", "t1")
+
+
+def test_reader_reads_ahead_only_where_that_cannot_block(tmp_path, monkeypatch):
+    from dcfmt import decoder, huffman
+    from dcfmt.plan import FixedPlan
+
+    data = dcfmt.encode(_mid_tensors(3), plan=FixedPlan(bits=5))
+    path = tmp_path / "m.dcz"
+    path.write_bytes(data)
+    batches = []
+    real_many = huffman.decode_many
+    monkeypatch.setattr(huffman, "decode_many", lambda s, *a: batches.append(len(s)) or real_many(s, *a))
+
+    def batched(source, **kw):
+        batches.clear()
+        with dcfmt.Reader(source, **kw) as r:
+            assert [n for n, _ in r] == ["t0", "t1", "t2"]
+        return batches == [3]
+
+    assert batched(data) and batched(str(path))
+    # a file object may be a pipe whose writer waits for this reader
+    with open(path, "rb") as f:
+        assert not batched(f)
+    with open(path, "rb") as f:
+        assert batched(f, batch=True)
+    assert not batched(data, batch=False)
+    assert decoder.BATCH_SYMBOLS > 0
