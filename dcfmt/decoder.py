@@ -124,10 +124,11 @@ def decode_in_batches(records, decode) -> Iterator[tuple]:
     Runs of consecutive records with short Huffman streams (see
     :func:`batched_streams`) are read ahead, up to BATCH_SYMBOLS symbols or
     BATCH_BYTES record bytes, and their streams decoded in one pass by
-    :func:`predecode`; other records are decoded alone.  An error raised by
-    ``records`` surfaces only after the records read before it have been
-    decoded and yielded, so errors come in the same order as when each
-    record is decoded as soon as it is read.
+    :func:`predecode`; other records are decoded alone.  An exception raised
+    by ``records`` (an invalid record, an I/O error) surfaces only after the
+    records read before it have been decoded and yielded, so tensors and
+    errors come in the same order as when each record is decoded as soon as
+    it is read.
     """
     pending: list = []
     symbols = size = 0
@@ -142,7 +143,7 @@ def decode_in_batches(records, decode) -> Iterator[tuple]:
     while True:
         try:
             rec = next(it, None)
-        except DczError:
+        except Exception:  # a format, I/O or lookup error, met while reading ahead
             yield from flush()
             raise
         if rec is None:

@@ -210,3 +210,27 @@ def test_bad_files_raise_dczerror_at_open(tmp_path):
             dcfmt.open(p)
     with pytest.raises(OSError):
         dcfmt.open(tmp_path / "missing.dcz")
+
+
+def test_get_tensors_reports_errors_in_the_order_of_names(tmp_path):
+    from builders import fix_record_crcs
+    from dcfmt.errors import FormatError
+
+    rng = np.random.default_rng(9)
+    path = tmp_path / "m.dcz"
+    dcfmt.save({f"t{i}": (rng.normal(size=(64, 512)) * 0.05).astype(np.float32) for i in range(3)},
+               path, plan=dcfmt.FixedPlan(bits=5))
+    with dcfmt.open(path) as f:
+        s = f.record("t1").indices
+    data = bytearray(path.read_bytes())
+    mid = s.offset + s.size - len(s.payload) // 2
+    data[mid : mid + 8] = bytes(b ^ 0x5A for b in data[mid : mid + 8])
+    path.write_bytes(fix_record_crcs(bytes(data)))
+    with dcfmt.open(path) as f:
+        for names in (None, ["t0", "t1", "nope"], ["t2", "t1"]):
+            with pytest.raises(FormatError) as e:
+                f.get_tensors(names)
+            assert (e.value.rule, e.value.tensor) == ("HUF-11", "t1")
+        with pytest.raises(KeyError):
+            f.get_tensors(["t0", "nope", "t1"])
+        assert f.get_tensors(["t2", "t0"]).keys() == {"t2", "t0"}
