@@ -502,7 +502,7 @@ def test_batched_reader_decodes_read_ahead_records_before_a_later_error():
 
 
 def test_reader_reads_ahead_only_where_that_cannot_block(tmp_path, monkeypatch):
-    from dcfmt import decoder, huffman
+    from dcfmt import huffman
     from dcfmt.plan import FixedPlan
 
     data = dcfmt.encode(_mid_tensors(3), plan=FixedPlan(bits=5))
@@ -525,4 +525,3 @@ def test_reader_reads_ahead_only_where_that_cannot_block(tmp_path, monkeypatch):
     with open(path, "rb") as f:
         assert batched(f, batch=True)
     assert not batched(data, batch=False)
-    assert decoder.BATCH_SYMBOLS > 0
