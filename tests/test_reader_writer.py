@@ -405,7 +405,7 @@ def _records(data):
         return list(r.records())
 
 
-def test_reader_decodes_short_streams_together(monkeypatch):
+def test_reader_decodes_short_streams_together(monkeypatch, many_batches):
     from dcfmt import decoder, huffman
     from dcfmt.plan import FixedPlan
     from dcfmt.record import decode_tensor
@@ -415,9 +415,7 @@ def test_reader_decodes_short_streams_together(monkeypatch):
     one_by_one = {rec.name: decode_tensor(rec) for rec in recs}
     # both the relative index and the codebook index of every tensor qualify
     assert [len(decoder.batched_streams(rec)) for rec in recs] == [2, 2, 2, 2]
-    batches = []
-    real_many = huffman.decode_many
-    monkeypatch.setattr(huffman, "decode_many", lambda s, *a: batches.append(len(s)) or real_many(s, *a))
+    batches = many_batches
     monkeypatch.setattr(huffman, "decode_chunks", lambda *a, **k: pytest.fail("decoded alone"))
     out = dcfmt.decode(data)
     assert batches == [8]
@@ -426,14 +424,12 @@ def test_reader_decodes_short_streams_together(monkeypatch):
         assert same_bits(out[name], one_by_one[name])
 
 
-def test_reader_batches_are_bounded(monkeypatch):
-    from dcfmt import decoder, huffman
+def test_reader_batches_are_bounded(monkeypatch, many_batches):
+    from dcfmt import decoder
     from dcfmt.plan import FixedPlan
 
     data = dcfmt.encode(_mid_tensors(6), plan=FixedPlan(bits=5))
-    batches = []
-    real_many = huffman.decode_many
-    monkeypatch.setattr(huffman, "decode_many", lambda s, *a: batches.append(len(s)) or real_many(s, *a))
+    batches = many_batches
     monkeypatch.setattr(decoder, "BATCH_SYMBOLS", 2 * 64 * 512)  # two tensors' worth
     assert list(dcfmt.decode(data)) == [f"t{i}" for i in range(6)]
     assert batches == [2, 2, 2]
@@ -501,16 +497,13 @@ def test_batched_reader_decodes_read_ahead_records_before_a_later_error():
     assert (e.value.rule, e.value.tensor) == ("HUF-11", "t1")
 
 
-def test_reader_reads_ahead_only_where_that_cannot_block(tmp_path, monkeypatch):
-    from dcfmt import huffman
+def test_reader_reads_ahead_only_where_that_cannot_block(tmp_path, many_batches):
     from dcfmt.plan import FixedPlan
 
     data = dcfmt.encode(_mid_tensors(3), plan=FixedPlan(bits=5))
     path = tmp_path / "m.dcz"
     path.write_bytes(data)
-    batches = []
-    real_many = huffman.decode_many
-    monkeypatch.setattr(huffman, "decode_many", lambda s, *a: batches.append(len(s)) or real_many(s, *a))
+    batches = many_batches
 
     def batched(source, **kw):
         batches.clear()
