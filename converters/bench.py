@@ -18,8 +18,12 @@ are those of a real ``dcz convert`` process:
 * the .dcz back to safetensors;
 * with ``--no-verify-too``, the lossy conversion without the read-back check.
 
-Wall time depends on what else the machine runs (the load average is printed);
-CPU seconds of the converting process are printed too.
+Wall time depends on what else the machine runs: the load average is printed,
+and on a virtual machine the share of CPU time the hypervisor gave to other
+guests during each run ("steal", from ``/proc/stat``).  CPU seconds of the
+converting process are printed too.  The encoder splits its work over
+``DCZ_THREADS`` threads (default: the usable CPUs); the bytes written do not
+depend on it.
 
 Files are deleted afterwards unless ``--keep``.
 """
@@ -80,13 +84,33 @@ def _child(argv: list[str]) -> None:
                       "peak_rss": hwm_kb * 1024}))
 
 
+def _cpu_ticks() -> list[int] | None:
+    """The machine's CPU time counters (``/proc/stat``), or None where there are none."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_share(before: list[int] | None, after: list[int] | None) -> float | None:
+    """Share of the machine's CPU time that the hypervisor gave to other guests ("steal")."""
+    if not before or not after or len(before) < 8:
+        return None
+    d = [b - a for a, b in zip(before, after)]
+    total = sum(d[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
+    return d[7] / total if total > 0 else None
+
+
 def run(argv: list[str]) -> dict:
-    """Convert in a fresh interpreter; returns its figures."""
+    """Convert in a fresh interpreter; returns its figures (``steal``: see :func:`steal_share`)."""
+    ticks = _cpu_ticks()
     out = subprocess.run([sys.executable, "-m", "dcfmt.converters.bench", "--child", *argv],
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"conversion {argv} failed:\n{out.stdout}\n{out.stderr}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["steal"] = steal_share(ticks, _cpu_ticks())
     if result["exit"] != 0:
         raise SystemExit(f"conversion {argv} exited {result['exit']}:\n{out.stderr}")
     return result
@@ -127,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"out {size / 1e6:7.1f} MB ({in_bytes / size:4.2f}x)  "
                     f"peak RSS {r['peak_rss'] / 1e6:4.0f} MB "
                     f"(limit {mem_limit / 1e6:.0f}: {'ok' if ok_mem else 'OVER'})")
+            if r["steal"] is not None:
+                line += f"  steal {100 * r['steal']:.0f}%"
             if limit_bytes is not None:
                 line += f"  +{size - in_bytes} bytes (limit +{limit_bytes - in_bytes:.0f}: " + \
                     ("ok)" if size <= limit_bytes else "OVER)")
@@ -134,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"label": label, **r, "output_bytes": size, "mb_per_s": mbs,
                          "memory_ok": ok_mem})
 
-        print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+        from dcfmt import parallel
+
+        print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; "
+              f"encoder threads: {parallel.threads()} (DCZ_THREADS)")
         lossy = os.path.join(work, "lossy.dcz")
         report("safetensors -> dcz (error-bounded)", [src, lossy], lossy)
         if args.no_verify_too:

@@ -33,6 +33,7 @@ import numpy as np
 from bitarray import bitarray
 from bitarray.util import canonical_decode
 
+from . import parallel
 from .binary import Cursor, read_packed, uvar, write_packed
 from .constants import (
     DEFAULT_CHUNK_LOG,
@@ -181,6 +182,7 @@ def check_lengths(lengths: np.ndarray, err) -> None:
 # ---------------------------------------------------------------------------
 
 _ENCODE_BLOCK = 1 << 16  # symbols per vectorised block: keeps temporaries in cache
+_RANGE_ALIGN = 1 << 20  # symbols per unit of work handed to a thread (a multiple of most chunks)
 
 
 def _pack_lengths(lengths: np.ndarray, width: int) -> bytes:
@@ -188,37 +190,87 @@ def _pack_lengths(lengths: np.ndarray, width: int) -> bytes:
     return np.packbits(bits.ravel(), bitorder="little").tobytes()
 
 
-def _pack_symbols(symbols: np.ndarray, lengths: np.ndarray, codes: np.ndarray,
-                  chunk: int, total_bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate the codes of ``symbols``; return (payload bytes, chunk start bits)."""
-    rcodes = _reverse_bits(codes, lengths)
-    lens = lengths.astype(np.int64)
-    n = len(symbols)
-    words = np.zeros(total_bits // 32 + 2, dtype=np.uint32)
-    starts = np.empty((n + chunk - 1) // chunk, dtype=np.int64)
-    pos = 0
+def _range_freqs(symbols: np.ndarray, alphabet: int, parts: list[tuple[int, int]]) -> list[np.ndarray]:
+    """Symbol counts of each range (``len > alphabet``: a symbol is out of the alphabet).
+
+    Counting block by block never makes a full-size intp copy of the symbols
+    (``np.bincount`` converts its input to intp).
+    """
+    def part(lo: int, hi: int) -> np.ndarray:
+        freqs = np.zeros(alphabet, dtype=np.int64)
+        for a in range(lo, hi, _ENCODE_BLOCK):
+            f = np.bincount(symbols[a : min(hi, a + _ENCODE_BLOCK)], minlength=alphabet)
+            if len(f) > alphabet:
+                return f
+            freqs += f
+        return freqs
+
+    return parallel.run(part, parts)
+
+
+def _pack_range(symbols: np.ndarray, lens: np.ndarray, rcodes: np.ndarray, chunk: int,
+                lo: int, hi: int, pos: int, end_bit: int, starts: np.ndarray) -> np.ndarray:
+    """Pack ``symbols[lo:hi]``, whose first code starts at bit ``pos``, into fresh 32-bit words.
+
+    Returns the words from word ``pos >> 5`` on (through ``end_bit >> 5``, plus
+    one); writes the start bit of each chunk of the range into ``starts``.
+    """
+    base = pos >> 5
+    words = np.zeros((end_bit >> 5) + 2 - base, dtype=np.uint32)
     block = max(chunk, (_ENCODE_BLOCK // chunk) * chunk)
-    for a in range(0, n, block):
-        s = symbols[a : a + block]
+    for a in range(lo, hi, block):
+        # take() with intp indices: with narrow ones numpy is several times slower
+        s = symbols[a : min(hi, a + block)].astype(np.intp)
         ln = lens.take(s)
-        rc = rcodes.take(s)
-        end = np.cumsum(ln)
-        end += pos
-        start = end - ln
-        starts[a // chunk : (a + len(s) + chunk - 1) // chunk] = start[::chunk]
-        w = start >> 5
-        w0 = int(w[0])
-        w -= w0
+        # block-relative positions fit in int32 (block * 16 bits); the bit offset
+        # within the first word is folded in so that word = rel >> 5, shift = rel & 31
+        rel = np.cumsum(ln, dtype=np.int32)
+        rel -= ln
+        rel += pos & 31
+        starts[a // chunk : (a + len(s) + chunk - 1) // chunk] = rel[::chunk] + (pos & ~31)
         # A code (<= 16 bits) shifted by its offset in a 32-bit word stays below
         # 2**47, so a float64 bincount adds these disjoint bit fields exactly:
         # the low 32 bits of each sum belong to the word, the high bits spill
         # into the next word.
-        rc <<= start & 31
-        sums = np.bincount(w, weights=rc.astype(np.float64)).astype(np.uint64)
+        rc = rcodes.take(s)
+        rc <<= rel & 31
+        rel >>= 5
+        sums = np.bincount(rel, weights=rc.astype(np.float64)).astype(np.uint64)
+        w0 = (pos >> 5) - base
         m = len(sums)
         words[w0 : w0 + m] |= (sums & np.uint64(0xFFFFFFFF)).astype(np.uint32)
         words[w0 + 1 : w0 + m + 1] |= (sums >> np.uint64(32)).astype(np.uint32)
-        pos = int(end[-1])
+        pos += int(ln.sum(dtype=np.int64))
+    return words
+
+
+def _pack_symbols(symbols: np.ndarray, lengths: np.ndarray, codes: np.ndarray, chunk: int,
+                  ranges: list[tuple[int, int]], range_bits: list[int],
+                  total_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate the codes of ``symbols``; return (payload bytes, chunk start bits).
+
+    ``ranges`` (chunk-aligned) are packed on separate threads into their own
+    words, then OR-ed together in order: ranges share at most their boundary
+    words, and two threads must never update one word.
+    """
+    rcodes = _reverse_bits(codes, lengths).astype(np.int64)
+    lens = lengths.astype(np.int32)
+    n = len(symbols)
+    starts = np.empty((n + chunk - 1) // chunk, dtype=np.int64)
+    firsts = np.concatenate([[0], np.cumsum(range_bits, dtype=np.int64)]).tolist()
+    jobs = {a: (pos, end) for (a, _), pos, end in zip(ranges, firsts, firsts[1:])}
+
+    def part(lo: int, hi: int) -> tuple[int, np.ndarray]:
+        pos, end = jobs[lo]
+        return pos >> 5, _pack_range(symbols, lens, rcodes, chunk, lo, hi, pos, end, starts)
+
+    parts = parallel.run(part, ranges)
+    if len(parts) == 1:
+        words = parts[0][1]
+    else:
+        words = np.zeros(total_bits // 32 + 2, dtype=np.uint32)
+        for base, w in parts:
+            words[base : base + len(w)] |= w
     payload = words.astype("<u4", copy=False).view(np.uint8)[: (total_bits + 7) // 8]
     return payload, starts
 
@@ -277,10 +329,15 @@ def encode_stream(
         return uvar(0)
     if not MIN_CHUNK_LOG <= chunk_log <= MAX_CHUNK_LOG:
         raise ValueError(f"chunk_log must be in [{MIN_CHUNK_LOG}, {MAX_CHUNK_LOG}]")
-    symbols = symbols.astype(np.int64, copy=False)
-    freqs = np.bincount(symbols, minlength=alphabet)
-    if len(freqs) > alphabet:
-        raise ValueError(f"symbol {len(freqs) - 1} is outside the alphabet of {alphabet}")
+    if symbols.dtype.kind not in "ui":
+        symbols = symbols.astype(np.int64)
+    chunk = 1 << chunk_log
+    ranges = parallel.ranges(n, max(chunk, _RANGE_ALIGN))  # chunk-aligned
+    range_freqs = _range_freqs(symbols, alphabet, ranges)
+    for f in range_freqs:
+        if len(f) > alphabet:
+            raise ValueError(f"symbol {len(f) - 1} is outside the alphabet of {alphabet}")
+    freqs = np.sum(range_freqs, axis=0)
     if lengths is None:
         lengths = code_lengths(freqs, max_length)
     lengths = np.asarray(lengths, dtype=np.uint8)
@@ -291,8 +348,8 @@ def encode_stream(
     n_lengths = int(np.flatnonzero(lengths)[-1]) + 1
     width = max_len.bit_length()
     total = stream_bits(freqs, lengths[: len(freqs)])
-    chunk = 1 << chunk_log
-    payload, starts = _pack_symbols(symbols, lengths, codes, chunk, total)
+    range_bits = [stream_bits(f, lengths[:alphabet]) for f in range_freqs]
+    payload, starts = _pack_symbols(symbols, lengths, codes, chunk, ranges, range_bits, total)
     sizes = np.diff(np.append(starts, total))[:-1]
     parts = [
         uvar(n),

@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from . import huffman, sparse
+from . import huffman, parallel, sparse
 from .constants import (
     DEFAULT_CHUNK_LOG,
     DEFAULT_MAX_CODE_LENGTH,
@@ -411,22 +411,40 @@ class FixedPlan(Plan):
 _BLOCK = 1 << 20
 
 
-def _blocks(n: int):
-    for a in range(0, n, _BLOCK):
+def _blocks(n: int, start: int = 0):
+    """Blocks ``[a, b)`` of ``[start, n)`` (``start`` a multiple of ``_BLOCK``)."""
+    for a in range(start, n, _BLOCK):
         yield a, min(n, a + _BLOCK)
+
+
+def _in_order(parts: list[list]):
+    """The per-block results of :func:`parallel.map_ranges` parts, in block order.
+
+    Sums over blocks are added in this order whatever the thread count, so
+    floating-point results, and the file bytes, do not depend on it.
+    """
+    for part in parts:
+        yield from part
 
 
 def _block_errors(original: np.ndarray, reconstructed: np.ndarray, dtype: DType) -> tuple[float, float]:
     """:func:`errors`, computed block by block (the same sums, in a different order)."""
     a_flat = np.asarray(original).reshape(-1)
     b_flat = np.asarray(reconstructed).reshape(-1)
+    def part(start: int, stop: int) -> list:
+        sums = []
+        for a, b in _blocks(stop, start):
+            x = to_float64(a_flat[a:b], dtype)
+            d = x - to_float64(b_flat[a:b], dtype)
+            sums.append((float(np.einsum("i,i->", d, d)), float(np.einsum("i,i->", x, x)),
+                         float(np.max(np.abs(d)))))
+        return sums
+
     err2 = norm2 = mx = 0.0
-    for a, b in _blocks(a_flat.size):
-        x = to_float64(a_flat[a:b], dtype)
-        d = x - to_float64(b_flat[a:b], dtype)
-        err2 += float(np.einsum("i,i->", d, d))
-        norm2 += float(np.einsum("i,i->", x, x))
-        mx = max(mx, float(np.max(np.abs(d))))
+    for e, x2, m in _in_order(parallel.map_ranges(part, a_flat.size, _BLOCK)):
+        err2 += e
+        norm2 += x2
+        mx = max(mx, m)
     err, norm = math.sqrt(err2), math.sqrt(norm2)
     rel = err / norm if norm > 0 else (0.0 if err == 0 else math.inf)
     return rel, mx
@@ -470,9 +488,11 @@ class PaperPlan(FixedPlan):
 class ErrorBoundedPlan(Plan):
     """Smallest encoding whose relative L2 error stays at most ``max_error``.
 
-    For each codebook size ``2**b`` (b = 1..max_bits) the plan finds, on a
-    4096-bin histogram of the tensor, the strongest magnitude pruning that
-    keeps ``||w - w'|| / ||w|| <= max_error``, estimates the size of each
+    For each codebook size ``2**b`` (b = max_bits down to 1, stopping at the
+    first size that cannot meet the bound even without pruning: fewer
+    centroids only add error) the plan finds, on a 4096-bin histogram of the
+    tensor, the strongest magnitude pruning that keeps
+    ``||w - w'|| / ||w|| <= max_error``, estimates the size of each
     candidate, and encodes the smallest.  Centroids come from Lloyd iterations
     on the histogram, started from the paper's linear initialisation; when
     that cannot meet the bound at a codebook size even without pruning (Lloyd
@@ -515,10 +535,12 @@ class ErrorBoundedPlan(Plan):
         hist = _Histogram(flat, dtype, self.bins, max(-vmin, vmax), norm2)
         cdt = _codebook_dtype(self.codebook_dtype, dtype) or dtype
         candidates = []
-        for bits in range(1, self.max_bits + 1):
+        # from the largest codebook down: once a size cannot meet the bound even
+        # unpruned, smaller ones (fewer centroids, so more error) cannot either
+        for bits in range(self.max_bits, 0, -1):
             found = hist.max_pruning(1 << bits, budget, self.allow_pruning)
             if found is None:
-                continue
+                break
             j, centroids, est_err, counts, init = found
             size = hist.size_estimate(j, centroids, counts, cdt.itemsize)
             candidates.append((size, bits, j, centroids, init))
@@ -557,14 +579,23 @@ def _work(block: np.ndarray, dtype: DType) -> np.ndarray:
 
 def _scan(flat: np.ndarray, dtype: DType) -> tuple[bool, float, float, float]:
     """(all finite, min, max, sum of squares in float64) of stored floats, block by block."""
+    def part(start: int, stop: int) -> list:
+        out = []
+        for a, b in _blocks(stop, start):
+            x = _work(flat[a:b], dtype)
+            lo, hi = float(x.min()), float(x.max())  # NaN propagates, so these see every value
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                return [None]
+            out.append((lo, hi, float(np.einsum("i,i->", x, x, dtype=np.float64))))
+        return out
+
     vmin, vmax, norm2 = math.inf, -math.inf, 0.0
-    for a, b in _blocks(flat.size):
-        x = _work(flat[a:b], dtype)
-        lo, hi = float(x.min()), float(x.max())  # NaN propagates, so these see every value
-        if not (math.isfinite(lo) and math.isfinite(hi)):
+    for block in _in_order(parallel.map_ranges(part, flat.size, _BLOCK)):
+        if block is None:
             return False, 0.0, 0.0, 0.0
+        lo, hi, sq = block
         vmin, vmax = min(vmin, lo), max(vmax, hi)
-        norm2 += float(np.einsum("i,i->", x, x, dtype=np.float64))
+        norm2 += sq
     return True, vmin, vmax, norm2
 
 
@@ -607,29 +638,36 @@ class _Histogram:
         self.numel = flat.size
         self.norm2 = norm2
         self.idx = np.empty(flat.size, dtype=np.int16 if n <= 1 << 15 else np.int32)
-        cnt = np.zeros(n)
-        s1 = np.zeros(n)
-        # buffers reused block after block (fresh large arrays cost page faults)
         wdt = _work(flat[:0], dtype).dtype
         big = np.finfo(wdt).max / 4
         if not (amax < big and self.B / amax < big):  # x + A or the scale would overflow
             wdt = np.dtype(np.float64)
-        tbuf = np.empty(min(flat.size, _BLOCK), dtype=wdt)
-        ibuf = np.empty(min(flat.size, _BLOCK), dtype=np.intp)
-        xbuf = np.empty(min(flat.size, _BLOCK), dtype=np.float64)
         shift, scale = wdt.type(amax), wdt.type(self.B / amax)
-        for a, b in _blocks(flat.size):
-            x = _work(flat[a:b], dtype)
-            t, ib, x64 = tbuf[: b - a], ibuf[: b - a], xbuf[: b - a]
-            # x + A >= 0 exactly (A = max|x|), so truncation is floor
-            np.add(x, shift, out=t)
-            np.multiply(t, scale, out=t)
-            ib[...] = t
-            np.minimum(ib, n - 1, out=ib)
-            self.idx[a:b] = ib
-            x64[...] = x
-            cnt += np.bincount(ib, minlength=n)
-            s1 += np.bincount(ib, weights=x64, minlength=n)
+
+        def part(lo: int, hi: int) -> list:
+            # buffers reused block after block (fresh large arrays cost page faults)
+            tbuf = np.empty(min(hi - lo, _BLOCK), dtype=wdt)
+            ibuf = np.empty(min(hi - lo, _BLOCK), dtype=np.intp)
+            xbuf = np.empty(min(hi - lo, _BLOCK), dtype=np.float64)
+            sums = []
+            for a, b in _blocks(hi, lo):
+                x = _work(flat[a:b], dtype)
+                t, ib, x64 = tbuf[: b - a], ibuf[: b - a], xbuf[: b - a]
+                # x + A >= 0 exactly (A = max|x|), so truncation is floor
+                np.add(x, shift, out=t)
+                np.multiply(t, scale, out=t)
+                ib[...] = t
+                np.minimum(ib, n - 1, out=ib)
+                self.idx[a:b] = ib
+                x64[...] = x
+                sums.append((np.bincount(ib, minlength=n), np.bincount(ib, weights=x64, minlength=n)))
+            return sums
+
+        cnt = np.zeros(n)
+        s1 = np.zeros(n)
+        for c, s in _in_order(parallel.map_ranges(part, flat.size, _BLOCK)):
+            cnt += c
+            s1 += s
         self.cnt, self.s1 = cnt, s1
         # a lower bound of the pruning error of level j (Cauchy-Schwarz: sum x^2 >= s1^2 / n)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -780,21 +818,28 @@ class _Histogram:
         cnt = np.bincount(table[whole], weights=self.cnt[whole], minlength=k)
         tot = np.bincount(table[whole], weights=self.s1[whole], minlength=k)
         labels = np.empty(self.numel, dtype=table.dtype)
-        for a, b in _blocks(self.numel):
-            out = labels[a:b]
-            table.take(self.idx[a:b], out=out, mode="wrap")
-            at = np.flatnonzero(out == straddle)
-            if len(at):
-                x = _work(flat[a:b], dtype)[at].astype(np.float64)
-                bins = self.idx[a:b][at]
-                m = cross.take(bins)
-                lab = lab_lo.take(bins) + (x > m)
-                many = np.isnan(m)
-                if many.any():
-                    lab[many] = np.searchsorted(mids, x[many], side="left")
-                out[at] = lab
-                cnt += np.bincount(lab, minlength=k)
-                tot += np.bincount(lab, weights=x, minlength=k)
+
+        def label(start: int, stop: int) -> list:
+            sums = []
+            for a, b in _blocks(stop, start):
+                out = labels[a:b]
+                table.take(self.idx[a:b], out=out, mode="wrap")
+                at = np.flatnonzero(out == straddle)
+                if len(at):
+                    x = _work(flat[a:b], dtype)[at].astype(np.float64)
+                    bins = self.idx[a:b][at]
+                    m = cross.take(bins)
+                    lab = lab_lo.take(bins) + (x > m)
+                    many = np.isnan(m)
+                    if many.any():
+                        lab[many] = np.searchsorted(mids, x[many], side="left")
+                    out[at] = lab
+                    sums.append((np.bincount(lab, minlength=k), np.bincount(lab, weights=x, minlength=k)))
+            return sums
+
+        for c_part, t_part in _in_order(parallel.map_ranges(label, self.numel, _BLOCK)):
+            cnt += c_part
+            tot += t_part
         nnz = int(round(cnt.sum()))
         numel = self.numel
         used = np.flatnonzero(cnt)
@@ -825,20 +870,31 @@ class _Histogram:
             remap[pruned] = zslot
         if len(used) < k or (zslot is not None and zslot != pruned):  # rare: relabel
             remap = remap.astype(labels.dtype)
-            for a, b in _blocks(numel):
-                labels[a:b] = remap.take(labels[a:b], mode="wrap")
+
+            def relabel(start: int, stop: int) -> None:
+                for a, b in _blocks(stop, start):
+                    labels[a:b] = remap.take(labels[a:b], mode="wrap")
+
+            parallel.map_ranges(relabel, numel, _BLOCK)
         # exact error of the reconstruction a decoder returns (centroids as the decoder
         # widens them, held in the work type, which represents them exactly)
         values = to_float64(widen(book, cdt, dtype), dtype).astype(_work(flat[:0], dtype).dtype)
+
+        def error(start: int, stop: int) -> list:
+            vbuf = np.empty(min(stop - start, _BLOCK), dtype=values.dtype)
+            dbuf = np.empty(min(stop - start, _BLOCK), dtype=np.float64)
+            sums = []
+            for a, b in _blocks(stop, start):
+                v, d = vbuf[: b - a], dbuf[: b - a]
+                values.take(labels[a:b], out=v, mode="wrap")
+                np.subtract(_work(flat[a:b], dtype), v, out=d, dtype=np.float64)
+                sums.append((float(np.einsum("i,i->", d, d)), max(float(d.max()), -float(d.min()))))
+            return sums
+
         err2, mx = 0.0, 0.0
-        vbuf = np.empty(min(numel, _BLOCK), dtype=values.dtype)
-        dbuf = np.empty(min(numel, _BLOCK), dtype=np.float64)
-        for a, b in _blocks(numel):
-            v, d = vbuf[: b - a], dbuf[: b - a]
-            values.take(labels[a:b], out=v, mode="wrap")
-            np.subtract(_work(flat[a:b], dtype), v, out=d, dtype=np.float64)
-            err2 += float(np.einsum("i,i->", d, d))
-            mx = max(mx, float(d.max()), -float(d.min()))
+        for e_part, m_part in _in_order(parallel.map_ranges(error, numel, _BLOCK)):
+            err2 += e_part
+            mx = max(mx, m_part)
         rel = math.sqrt(err2) / math.sqrt(self.norm2)
         recipe = dataclasses.replace(recipe, rel_error=rel, max_abs_error=mx)
         code = TensorCode(name, dtype, shape, values=Values.CODEBOOK, codebook=book,
