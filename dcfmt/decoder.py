@@ -172,7 +172,9 @@ def _lookup(book: np.ndarray, idx: np.ndarray, out: np.ndarray | None = None) ->
     if out is None:
         out = np.empty(len(idx), dtype=book.dtype)
     for a in range(0, len(idx), _LOOKUP):
-        book.take(idx[a : a + _LOOKUP], out=out[a : a + _LOOKUP], mode="clip")
+        # indices come from a Huffman stream whose alphabet is len(book): always in
+        # range; "wrap" is the cheapest bounds-safe mode
+        book.take(idx[a : a + _LOOKUP], out=out[a : a + _LOOKUP], mode="wrap")
     return out
 
 

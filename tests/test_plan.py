@@ -266,6 +266,20 @@ def test_error_bounded_plan_compresses_ordinary_weights():
     assert codes[0].recipe.kmeans_init is KMeansInit.LINEAR and codes[0].recipe.finetuned is False
 
 
+def test_error_bounded_pruned_codebook_keeps_within_its_bits():
+    # Gaussian weights at 1% need an 8-bit codebook and some pruning: 255 centroids and
+    # the zero, so the index alphabet stays at 256 symbols (one-byte symbols for decoders)
+    rng = np.random.default_rng(5)
+    w = (rng.normal(size=(512, 512)) * 0.02).astype(np.float32)
+    codes, out, _ = save_and_load({"w": w}, None)
+    (code,) = codes
+    assert code.values is Values.CODEBOOK and code.layout is Layout.DENSE
+    assert code.recipe.prune_threshold > 0 and 128 < len(code.codebook) <= 256
+    assert np.count_nonzero(code.codebook == 0) == 1
+    assert code.recipe.rel_error <= 0.01
+    assert np.array_equal(out["w"], code.reconstruct())
+
+
 @pytest.mark.parametrize("x", [
     np.zeros(100, np.float32), np.array([1, 2, 3], np.int8), np.array([np.nan, 1.0]),
     np.zeros((0, 3)),
