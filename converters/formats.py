@@ -105,21 +105,40 @@ def storage_digest(array: np.ndarray) -> tuple[int, tuple, str]:
     return zlib.crc32(arr.reshape(-1).view(np.uint8)), tuple(array.shape), arr.dtype.str
 
 
-def intended_digest(code) -> tuple[int, tuple, str]:
-    """:func:`storage_digest` of ``code.reconstruct()``, without materialising it when the
-    code is a dense codebook (centroids looked up and checksummed block by block)."""
+def matches_code(array: np.ndarray, code) -> bool:
+    """Whether a decoded ``array`` is bit for bit ``code.reconstruct()`` (same shape and dtype).
+
+    A dense codebook is compared block by block against its centroid lookups,
+    without materialising the reconstruction.
+    """
     from dcfmt.constants import Layout, Values
     from dcfmt.dtypes import widen
 
+    from dcfmt.dtypes import DType
+
+    array = np.asarray(array)
+    # the storage type itself, or bfloat16 as ml_dtypes gives it: never a value conversion
+    if array.dtype != code.dtype.storage and not (code.dtype is DType.BFLOAT16
+                                                  and array.dtype.itemsize == 2):
+        return False
+    got = np.asarray(_as_storage(array, code.dtype))
+    if tuple(got.shape) != tuple(int(d) for d in code.shape) or got.dtype != code.dtype.storage:
+        return False
+    got = np.ascontiguousarray(got).reshape(-1)  # (ascontiguousarray makes a 0-d array 1-d)
     if code.layout is Layout.DENSE and code.values is Values.CODEBOOK and len(code.codebook) > 1:
         book = np.ascontiguousarray(widen(code.codebook, code.codebook_dtype, code.dtype),
                                     dtype=code.dtype.storage)
+        bits = f"u{book.dtype.itemsize}" if book.dtype.kind != "b" else "u1"
+        book, got = book.view(bits), got.view(bits)  # NaN payloads compare by their bits
         idx = np.asarray(code.indices).reshape(-1)
-        crc = 0
-        for a in range(0, idx.size, 1 << 20):
-            crc = zlib.crc32(book.take(idx[a : a + (1 << 20)]), crc)
-        return crc, tuple(int(d) for d in code.shape), book.dtype.str
-    return storage_digest(_as_storage(code.reconstruct(), code.dtype))
+        if len(idx) != len(got):
+            return False
+        for a in range(0, len(idx), 1 << 16):
+            if not np.array_equal(book.take(idx[a : a + (1 << 16)], mode="wrap"), got[a : a + (1 << 16)]):
+                return False
+        return True
+    want = np.ascontiguousarray(_as_storage(code.reconstruct(), code.dtype)).reshape(-1)
+    return want.dtype == got.dtype and np.array_equal(want.view(np.uint8), got.view(np.uint8))
 
 
 def _as_storage(array: np.ndarray, dtype: DType) -> np.ndarray:
@@ -899,8 +918,8 @@ class DczSink(Sink):
     The check runs while the file is written: a second thread reads the
     temporary file behind the writer with the streaming :class:`dcfmt.Reader`
     (structure, every checksum, every tensor decoded) and compares each
-    decoded tensor with ``TensorCode.reconstruct()`` of the code that was
-    written (CRC-32 of both, plus shape and dtype); the writer hands each code
+    decoded tensor bit for bit with ``TensorCode.reconstruct()`` of the code
+    that was written, and its shape and dtype (:func:`matches_code`); the writer hands each code
     over and waits when two are still unchecked.  The file is renamed over the
     target only after that thread has read the trailer and found everything as
     intended.
@@ -967,17 +986,18 @@ class DczSink(Sink):
             self._follow.publish(self._writer.bytes_written)
         return Written(self._writer.bytes_written - before, code)
 
-    def _intended(self, name: str):
+    def _checked(self, name: str, array: np.ndarray) -> bool:
+        """Whether ``array``, read back as ``name``, is what the code written under that name
+        intended; the code then leaves the pending set."""
         with self._pending_cond:
             code = self._pending.get(name)
         if code is None:
-            return None
-        want = (intended_digest(code), code.dtype)
+            return False
+        ok = matches_code(array, code)
         with self._pending_cond:
             del self._pending[name]
-            self.expected[name] = want
             self._pending_cond.notify_all()
-        return want
+        return ok
 
     def _read_back(self) -> None:
         import dcfmt
@@ -986,8 +1006,7 @@ class DczSink(Sink):
             with dcfmt.Reader(self._follow) as r:
                 self._read_meta = r.metadata
                 for name, arr in r:
-                    want = self._intended(name)
-                    if want is None or (storage_digest(_as_storage(arr, want[1])), want[1]) != want:
+                    if not self._checked(name, arr):
                         raise VerificationError(f"{self.path}: tensor {name!r} of the written file "
                                                 "differs from what the encoder intended; the target "
                                                 "was left untouched")

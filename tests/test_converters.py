@@ -562,19 +562,45 @@ def test_failed_verification_leaves_the_target_untouched(tmp_path, monkeypatch):
     path = tmp_path / "m.dcz"
     save_state_dict({"w": torch.randn(8, 8)}, str(path), plan="lossless")
     before = path.read_bytes()
-    real = fmts.storage_digest
+    real = fmts.matches_code
     calls = []
 
-    def corrupting(array):
+    def corrupting(array, code):
         calls.append(1)
-        d = real(array)
-        return (d[0] ^ 1,) + d[1:] if len(calls) > 1 else d  # the re-read sees other bytes
+        seen = np.array(array)  # the re-read sees one other bit
+        seen.reshape(-1).view(np.uint8)[0] ^= 1
+        return real(seen, code)
 
-    monkeypatch.setattr(fmts, "storage_digest", corrupting)
+    monkeypatch.setattr(fmts, "matches_code", corrupting)
     with pytest.raises(VerificationError, match="untouched"):
         convert(path, path)
-    assert path.read_bytes() == before
+    assert path.read_bytes() == before and calls
     assert os.listdir(tmp_path) == ["m.dcz"]
+
+
+@pytest.mark.parametrize("make", [
+    lambda rng: (rng.normal(size=(300, 7)) * 0.02).astype(np.float32),  # dense codebook
+    lambda rng: np.float16(1.5) * np.ones((4, 4), np.float16),            # one value
+    lambda rng: np.array(2.5, np.float64),                                 # 0-d
+    lambda rng: rng.random((5, 6)) > 0.5,                                  # bool
+    lambda rng: np.where(rng.random(4000) < 0.1, rng.normal(size=4000), 0).astype(np.float32),
+])
+def test_matches_code_is_bit_exact(make):
+    from dcfmt.plan import ErrorBoundedPlan, prepare
+
+    rng = np.random.default_rng(4)
+    x = make(rng)
+    storage, dt = prepare(np.asarray(x), None)
+    code = ErrorBoundedPlan().encode("x", storage, dt)
+    good = code.reconstruct()
+    assert fmts.matches_code(good, code)
+    if good.size:
+        bad = np.array(good)
+        bad.reshape(-1).view(np.uint8)[-1] ^= 1  # one bit of the last element
+        assert not fmts.matches_code(bad, code)
+    assert not fmts.matches_code(np.asarray(good).reshape(-1, 1), code)  # another shape
+    if good.dtype != np.float64:
+        assert not fmts.matches_code(np.asarray(good).astype(np.float64), code)
 
 
 # ---------------------------------------------------------------------------
