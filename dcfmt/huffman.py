@@ -208,40 +208,67 @@ def _range_freqs(symbols: np.ndarray, alphabet: int, parts: list[tuple[int, int]
     return parallel.run(part, parts)
 
 
-def _pack_range(symbols: np.ndarray, lens: np.ndarray, rcodes: np.ndarray, chunk: int,
-                lo: int, hi: int, pos: int, end_bit: int, starts: np.ndarray) -> np.ndarray:
-    """Pack ``symbols[lo:hi]``, whose first code starts at bit ``pos``, into fresh 32-bit words.
+def _pack_range(symbols: np.ndarray, lens: np.ndarray, rcodes: np.ndarray, pair_base: int | None,
+                chunk: int, lo: int, hi: int, pos: int, end_bit: int, starts: np.ndarray) -> np.ndarray:
+    """Pack ``symbols[lo:hi]``, whose first code starts at bit ``pos``, into fresh words.
 
-    Returns the words from word ``pos >> 5`` on (through ``end_bit >> 5``, plus
-    one); writes the start bit of each chunk of the range into ``starts``.
+    With ``pair_base`` None, ``lens``/``rcodes`` are per symbol and the words
+    are 32-bit: a code (<= 16 bits) shifted by its offset in its word stays
+    below 2**47.  With ``pair_base`` B, the tables are indexed by ``s0 * B + s1``
+    for two consecutive symbols (B - 1 is an empty code that pads an odd
+    block), codes are up to 32 bits and the words are 16-bit, so that again
+    a shifted code stays below 2**48: half as many elements go through every
+    step.  Either way a float64 bincount adds the disjoint bit fields of the
+    codes that start in one word exactly, and the high parts of each sum
+    spill into the next words.
+
+    Returns the words from the one holding bit ``pos`` through the one
+    holding ``end_bit``, plus spill room; writes the start bit of each chunk
+    of the range into ``starts``.
     """
-    base = pos >> 5
-    words = np.zeros((end_bit >> 5) + 2 - base, dtype=np.uint32)
+    wbits = 32 if pair_base is None else 16
+    shift = wbits.bit_length() - 1
+    low = wbits - 1
+    wdt = np.uint32 if pair_base is None else np.uint16
+    spill = 2 if pair_base is None else 3  # words one sum can touch
+    base = pos >> shift
+    words = np.zeros((end_bit >> shift) + spill - base, dtype=wdt)
+    step = 1 if pair_base is None else 2
     block = max(chunk, (_ENCODE_BLOCK // chunk) * chunk)
     for a in range(lo, hi, block):
         # take() with intp indices: with narrow ones numpy is several times slower
         s = symbols[a : min(hi, a + block)].astype(np.intp)
+        n_sym = len(s)
+        if pair_base is not None:
+            if n_sym & 1:
+                s = np.append(s, pair_base - 1)
+            pair = s[0::2] * pair_base
+            pair += s[1::2]
+            s = pair
         ln = lens.take(s)
-        # block-relative positions fit in int32 (block * 16 bits); the bit offset
-        # within the first word is folded in so that word = rel >> 5, shift = rel & 31
+        # block-relative positions fit in int32 (block * 32 bits); the bit offset
+        # within the first word is folded in so that word = rel >> shift
         rel = np.cumsum(ln, dtype=np.int32)
         rel -= ln
-        rel += pos & 31
-        starts[a // chunk : (a + len(s) + chunk - 1) // chunk] = rel[::chunk] + (pos & ~31)
-        # A code (<= 16 bits) shifted by its offset in a 32-bit word stays below
-        # 2**47, so a float64 bincount adds these disjoint bit fields exactly:
-        # the low 32 bits of each sum belong to the word, the high bits spill
-        # into the next word.
+        rel += pos & low
+        starts[a // chunk : (a + n_sym + chunk - 1) // chunk] = rel[:: chunk // step] + (pos & ~low)
         rc = rcodes.take(s)
-        rc <<= rel & 31
-        rel >>= 5
+        rc <<= rel & low
+        rel >>= shift
         sums = np.bincount(rel, weights=rc.astype(np.float64)).astype(np.uint64)
-        w0 = (pos >> 5) - base
+        w0 = (pos >> shift) - base
         m = len(sums)
-        words[w0 : w0 + m] |= (sums & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-        words[w0 + 1 : w0 + m + 1] |= (sums >> np.uint64(32)).astype(np.uint32)
+        mask = np.uint64((1 << wbits) - 1)
+        for k in range(spill):
+            part = sums >> np.uint64(k * wbits) if k else sums
+            words[w0 + k : w0 + k + m] |= (part & mask).astype(wdt)
         pos += int(ln.sum(dtype=np.int64))
     return words
+
+
+#: Symbols from which a stream over at most 256 symbols is packed two symbols at a
+#: time: the pair tables have (A + 1)**2 entries, too many to build for short streams.
+_PAIR_MIN_SYMBOLS = 1 << 16
 
 
 def _pack_symbols(symbols: np.ndarray, lengths: np.ndarray, codes: np.ndarray, chunk: int,
@@ -256,23 +283,34 @@ def _pack_symbols(symbols: np.ndarray, lengths: np.ndarray, codes: np.ndarray, c
     rcodes = _reverse_bits(codes, lengths).astype(np.int64)
     lens = lengths.astype(np.int32)
     n = len(symbols)
+    pair_base = None
+    if len(lengths) <= 256 and n >= _PAIR_MIN_SYMBOLS and chunk >= 2:
+        # pair tables: symbol A is the empty code; the first code takes the low bits
+        pair_base = len(lengths) + 1
+        lens = np.append(lens, 0)
+        rcodes = np.append(rcodes, 0)
+        rcodes = (rcodes[:, None] | (rcodes[None, :] << lens[:, None].astype(np.int64))).reshape(-1)
+        lens = (lens[:, None] + lens[None, :]).reshape(-1)
+    wbits = 32 if pair_base is None else 16
+    shift = wbits.bit_length() - 1
     starts = np.empty((n + chunk - 1) // chunk, dtype=np.int64)
     firsts = np.concatenate([[0], np.cumsum(range_bits, dtype=np.int64)]).tolist()
     jobs = {a: (pos, end) for (a, _), pos, end in zip(ranges, firsts, firsts[1:])}
 
     def part(lo: int, hi: int) -> tuple[int, np.ndarray]:
         pos, end = jobs[lo]
-        return pos >> 5, _pack_range(symbols, lens, rcodes, chunk, lo, hi, pos, end, starts)
+        return pos >> shift, _pack_range(symbols, lens, rcodes, pair_base, chunk, lo, hi, pos, end,
+                                         starts)
 
     parts = parallel.run(part, ranges)
     if len(parts) == 1:
         words = parts[0][1]
     else:
-        words = np.zeros(total_bits // 32 + 2, dtype=np.uint32)
+        words = np.zeros((total_bits >> shift) + 3, dtype=parts[0][1].dtype)
         for base, w in parts:
             words[base : base + len(w)] |= w
-    payload = words.astype("<u4", copy=False).view(np.uint8)[: (total_bits + 7) // 8]
-    return payload, starts
+    payload = words.astype(words.dtype.newbyteorder("<"), copy=False).view(np.uint8)
+    return payload[: (total_bits + 7) // 8], starts
 
 
 def stream_bits(freqs: np.ndarray, lengths: np.ndarray) -> int:

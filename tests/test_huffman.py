@@ -512,3 +512,27 @@ def test_decode_many_short_stream_after_a_long_chunk():
     wide = parse(huffman.encode_stream(np.arange(4000) % 300, 300, chunk_log=12, max_length=16), 300)
     c, d = huffman.decode_many([wide, short])
     assert np.array_equal(c, np.arange(4000) % 300) and d.tolist() == [0]
+
+
+@pytest.mark.parametrize("alphabet, max_length, chunk_log, n", [
+    (2, 16, 4, 70_001),      # two symbols; odd count: the last pair is padded
+    (41, 12, 10, 200_003),
+    (256, 16, 5, 131_072),   # the largest pair table; 16-bit codes make 32-bit pairs
+    (256, 16, 4, 65_537),
+    (17, 9, 16, 300_000),
+])
+def test_pair_packing_writes_the_same_bytes_as_symbol_packing(monkeypatch, alphabet, max_length,
+                                                               chunk_log, n):
+    rng = np.random.default_rng(alphabet + n)
+    # a steep distribution, so that the rarest symbols get the longest codes
+    p = 0.5 ** np.minimum(np.arange(alphabet), 40)
+    symbols = rng.choice(alphabet, size=n, p=p / p.sum()).astype(np.uint8 if alphabet <= 256 else np.uint16)
+    symbols[:alphabet] = np.arange(alphabet)  # every symbol occurs
+    monkeypatch.setattr(huffman, "_PAIR_MIN_SYMBOLS", 1 << 62)
+    single = huffman.encode_stream(symbols, alphabet, max_length=max_length, chunk_log=chunk_log)
+    monkeypatch.setattr(huffman, "_PAIR_MIN_SYMBOLS", 1)
+    paired = huffman.encode_stream(symbols, alphabet, max_length=max_length, chunk_log=chunk_log)
+    assert paired == single
+    stream = huffman.parse_stream(Cursor(paired), alphabet, "test")
+    assert stream.max_len == min(max_length, alphabet - 1)
+    assert np.array_equal(huffman.decode(stream), symbols)
