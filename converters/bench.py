@@ -84,33 +84,17 @@ def _child(argv: list[str]) -> None:
                       "peak_rss": hwm_kb * 1024}))
 
 
-def _cpu_ticks() -> list[int] | None:
-    """The machine's CPU time counters (``/proc/stat``), or None where there are none."""
-    try:
-        with open("/proc/stat") as f:
-            return [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-
-
-def steal_share(before: list[int] | None, after: list[int] | None) -> float | None:
-    """Share of the machine's CPU time that the hypervisor gave to other guests ("steal")."""
-    if not before or not after or len(before) < 8:
-        return None
-    d = [b - a for a, b in zip(before, after)]
-    total = sum(d[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
-    return d[7] / total if total > 0 else None
-
-
 def run(argv: list[str]) -> dict:
     """Convert in a fresh interpreter; returns its figures (``steal``: see :func:`steal_share`)."""
-    ticks = _cpu_ticks()
+    from dcfmt.bench import cpu_ticks, steal_share
+
+    ticks = cpu_ticks()
     out = subprocess.run([sys.executable, "-m", "dcfmt.converters.bench", "--child", *argv],
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"conversion {argv} failed:\n{out.stdout}\n{out.stderr}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["steal"] = steal_share(ticks, _cpu_ticks())
+    result["steal"] = steal_share(ticks, cpu_ticks())
     if result["exit"] != 0:
         raise SystemExit(f"conversion {argv} exited {result['exit']}:\n{out.stderr}")
     return result

@@ -11,7 +11,10 @@ Three tables:
    short Huffman streams of consecutive tensors together, against decoding
    each tensor on its own.
 
-Numbers depend on the machine; this prints them, it never judges them.
+Numbers depend on the machine; this prints them, it never judges them.  On a
+virtual machine it also prints the share of CPU time the hypervisor gave to
+other guests during the run ("steal", from ``/proc/stat``): a run with much
+steal is slower for reasons outside the code.
 Use ``--quick`` for a fast run, ``--json`` for machine-readable output.
 """
 
@@ -30,7 +33,7 @@ import tracemalloc
 
 import numpy as np
 
-from . import huffman
+from . import huffman, parallel
 from .binary import Cursor
 from .writer import Writer
 
@@ -44,6 +47,24 @@ def _best(fn, repeat: int) -> tuple[float, object]:
         out = fn()
         best = min(best, time.perf_counter() - t)
     return best, out
+
+
+def cpu_ticks() -> list[int] | None:
+    """The machine's CPU time counters (``/proc/stat``), or None where there are none."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_share(before: list[int] | None, after: list[int] | None) -> float | None:
+    """Share of the machine's CPU time that the hypervisor gave to other guests ("steal")."""
+    if not before or not after or len(before) < 8:
+        return None
+    d = [b - a for a, b in zip(before, after)]
+    total = sum(d[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
+    return d[7] / total if total > 0 else None
 
 
 def _entropy(symbols: np.ndarray, alphabet: int) -> float:
@@ -306,6 +327,7 @@ def main(argv=None) -> int:
     sizes = [10**5, 10**6] if args.quick else [10**6, 10**7]
     repeat = 1 if args.quick else 3
     numel = 1 << 20 if args.quick else 1 << 24
+    ticks = cpu_ticks()
     hrows = huffman_table(sizes, repeat)
     trows = tensor_table(numel, repeat)
     mrows = model_table([(64, (64, 256)), (16, (256, 256))] if args.quick else
@@ -315,10 +337,15 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(dir=args.dir) as d:
             lrows = lazy_table(d, (64 << 20) if args.quick else (1 << 30),
                                (4 << 20) if args.quick else 100_000_000, repeat)
+    steal = steal_share(ticks, cpu_ticks())
     if args.json:
-        print(json.dumps({"huffman": hrows, "tensors": trows, "models": mrows, "lazy": lrows},
-                         indent=2))
+        print(json.dumps({"huffman": hrows, "tensors": trows, "models": mrows, "lazy": lrows,
+                          "steal": steal, "threads": parallel.threads()}, indent=2))
         return 0
+    print(f"{parallel.threads()} encoder threads (DCZ_THREADS); "
+          + (f"the hypervisor took {100 * steal:.0f}% of the CPU time during the run (steal)"
+             if steal is not None else "no CPU steal figures on this system"))
+    print()
     print("Huffman streams (bits per symbol include the code table and chunk offsets)")
     _print_table(hrows, [("stream", "stream", ""), ("symbols", "symbols", ",d"),
                          ("max_len", "max len", "d"),

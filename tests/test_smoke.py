@@ -62,3 +62,16 @@ def test_codec_benchmark_runs_and_reports_every_table():
     assert report["tensors"][0]["ratio"] == pytest.approx(1.0, abs=1e-3)
     assert [r["model"] for r in report["models"]] == ["64 x 64x256", "16 x 256x256"]
     assert report["lazy"] == []
+
+
+def test_steal_share_from_cpu_counters():
+    from dcfmt.bench import cpu_ticks, steal_share
+
+    before = [100, 0, 50, 1000, 10, 0, 5, 20, 7, 0]
+    after = [200, 0, 60, 1100, 10, 0, 5, 50, 9, 0]  # +100 user, +10 system, +100 idle, +30 steal
+    assert steal_share(before, after) == 30 / 240
+    assert steal_share(None, after) is None and steal_share(before, None) is None
+    assert steal_share(before[:5], after[:5]) is None  # an old kernel without a steal column
+    assert steal_share(before, before) is None         # no time passed
+    ticks = cpu_ticks()
+    assert ticks is None or (len(ticks) >= 4 and all(t >= 0 for t in ticks))
