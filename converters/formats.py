@@ -114,12 +114,10 @@ def matches_code(array: np.ndarray, code) -> bool:
     from dcfmt.constants import Layout, Values
     from dcfmt.dtypes import widen
 
-    from dcfmt.dtypes import DType
-
     array = np.asarray(array)
     # the storage type itself, or bfloat16 as ml_dtypes gives it: never a value conversion
     if array.dtype != code.dtype.storage and not (code.dtype is DType.BFLOAT16
-                                                  and array.dtype.itemsize == 2):
+                                                  and array.dtype.name == "bfloat16"):
         return False
     got = np.asarray(_as_storage(array, code.dtype))
     if tuple(got.shape) != tuple(int(d) for d in code.shape) or got.dtype != code.dtype.storage:

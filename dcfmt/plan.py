@@ -431,6 +431,7 @@ def _block_errors(original: np.ndarray, reconstructed: np.ndarray, dtype: DType)
     """:func:`errors`, computed block by block (the same sums, in a different order)."""
     a_flat = np.asarray(original).reshape(-1)
     b_flat = np.asarray(reconstructed).reshape(-1)
+
     def part(start: int, stop: int) -> list:
         sums = []
         for a, b in _blocks(stop, start):
