@@ -109,9 +109,10 @@ def run(fn: Callable[[int, int], T], parts: list[tuple[int, int]]) -> list[T]:
     Ranges must be disjoint, so ``fn`` may write to its own slice of a shared
     output array.  The results come in range order.  An exception from any
     call is raised here (the first range's first), after every call has
-    finished.
+    finished.  On a pool thread the calls run one after another.
     """
-    if len(parts) <= 1:
+    if len(parts) <= 1 or getattr(_local, "worker", False):
+        # a pool thread never waits on the pool (see ranges)
         return [fn(a, b) for a, b in parts]
     pool = _executor(len(parts) - 1)
     futures = [pool.submit(fn, a, b) for a, b in parts[1:]]

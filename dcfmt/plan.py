@@ -509,7 +509,8 @@ class ErrorBoundedPlan(Plan):
 
     Work is done in blocks of 2**20 elements: besides the tensor, the plan
     needs 2 bytes per element for the bin of each element and 1 or 2 for the
-    centroid indices it returns.
+    centroid indices it returns, plus a few block buffers per encoder thread
+    (``DCZ_THREADS``).
     """
 
     max_error: float = 0.01

@@ -188,3 +188,20 @@ def test_histogram_sums_are_bitwise_the_same_for_any_thread_count(monkeypatch):
         h = _Histogram(flat, DType.FLOAT32, 4096, max(-vmin, vmax), norm2)
         got.append((norm2, h.cnt.tobytes(), h.s1.tobytes(), h.idx.tobytes()))
     assert got[0] == got[1] == got[2]
+
+
+def test_run_on_a_pool_thread_runs_its_ranges_itself(monkeypatch):
+    monkeypatch.setenv("DCZ_THREADS", "2")
+    seen = []
+
+    def inner(a, b):
+        seen.append(threading.get_ident())
+        return a
+
+    def outer(a, b):
+        return (threading.get_ident(), parallel.run(inner, [(0, 1), (1, 2), (2, 3)])) if a else None
+
+    out = parallel.map_ranges(outer, 100, 10)
+    worker, results = out[1]
+    assert results == [0, 1, 2]
+    assert seen == [worker] * 3 and worker != threading.get_ident()
