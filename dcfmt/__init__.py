@@ -36,7 +36,7 @@ from .validate import Finding, Report, validate
 from .writer import Writer
 
 __version__ = "0.1.0"
-FORMAT_VERSION = (1, 0)
+FORMAT_VERSION = (1, 1)  # the newest .dcz version this package reads and writes
 
 __all__ = [
     "save", "load", "load_metadata", "encode", "decode", "open", "LazyFile",

@@ -4,7 +4,9 @@ Three tables:
 
 1. Huffman streams alone: encode and decode speed in millions of symbols per
    second, bits per symbol against the empirical Shannon entropy of the coded
-   symbols (the overhead includes the code table and chunk offsets).
+   symbols (the overhead includes the code table and chunk offsets).  Codebook
+   indices are coded as the writer codes them, in groups (``g``, format 1.1)
+   when that is smaller; their symbols are indices either way.
 2. Whole tensors of float32 weights through a plan: compression ratio, encode
    and decode throughput in MB/s of float32, and peak traced memory of decoding.
 3. Models of many 5-bit tensors: loading them with the reader, which decodes
@@ -33,8 +35,9 @@ import tracemalloc
 
 import numpy as np
 
-from . import huffman, parallel
+from . import groups, huffman, parallel
 from .binary import Cursor
+from .constants import DEFAULT_CHUNK_LOG, DEFAULT_GROUP_MAX_CODE_LENGTH, DEFAULT_MAX_CODE_LENGTH
 from .writer import Writer
 
 
@@ -88,25 +91,49 @@ def _gap_symbols(rng, n: int, density: float, bits: int) -> np.ndarray:
     return relative_symbols(pos, bits).astype(np.int64)
 
 
+def _index_codec(sym: np.ndarray, k: int, group: int | None):
+    """(encode, decode) of codebook indices as the writer codes them (spec 7.2 / 7.4)."""
+    def encode():
+        return groups.encode_indices(sym, k, max_length=DEFAULT_MAX_CODE_LENGTH,
+                                     group_max_length=DEFAULT_GROUP_MAX_CODE_LENGTH,
+                                     chunk_log=DEFAULT_CHUNK_LOG, group=group)
+
+    def decoder(g: int, data: bytes):
+        stream = huffman.parse_stream(Cursor(data), k ** g, "bench")
+        if g == 1:
+            return stream, lambda: huffman.decode(stream)
+        return stream, lambda: groups.decode_indices(stream, k, g, len(sym))
+    return encode, decoder
+
+
 def huffman_table(sizes, repeat: int, seed: int = 0) -> list[dict]:
-    """Encode/decode speed and bits per symbol of Huffman streams."""
+    """Encode/decode speed and bits per symbol of Huffman streams.
+
+    Codebook indices are coded as the writer codes them: grouped (format
+    1.1, spec 7.4) when that is smaller, in which case "symbols" still counts
+    indices; the "1.0" rows force plain, symbol-by-symbol streams.
+    """
     rng = np.random.default_rng(seed)
     rows = []
     cases = []
     for n in sizes:
-        for k in (16, 32, 256):
-            cases.append((f"indices k={k}", n, k, _gaussian_indices(rng, n, k)))
-        cases.append(("rel. index b=5, 8% kept", n, 32, _gap_symbols(rng, n, 0.08, 5)))
-    for label, n, alphabet, sym in cases:
-        t_enc, data = _best(lambda: huffman.encode_stream(sym, alphabet), repeat)
-        stream = huffman.parse_stream(Cursor(data), alphabet, "bench")
-        t_dec, out = _best(lambda: huffman.decode(stream), repeat)
+        for k in (4, 16, 32, 256):
+            idx = _gaussian_indices(rng, n, k)
+            cases.append((f"indices k={k}", n, k, idx, None))
+            if k <= 16:
+                cases.append((f"indices k={k}, 1.0", n, k, idx, 1))
+        cases.append(("rel. index b=5, 8% kept", n, 32, _gap_symbols(rng, n, 0.08, 5), 1))
+    for label, n, alphabet, sym, group in cases:
+        encode, decoder = _index_codec(sym, alphabet, group)
+        t_enc, (g, data) = _best(encode, repeat)
+        stream, decode = decoder(g, data)
+        t_dec, out = _best(decode, repeat)
         assert np.array_equal(out, sym)
         n_sym = len(sym)
         h = _entropy(sym, alphabet)
         bps = 8 * len(data) / n_sym
         rows.append({
-            "stream": label, "symbols": n_sym, "max_len": stream.max_len,
+            "stream": label, "symbols": n_sym, "group": g, "max_len": stream.max_len,
             "enc_Msym_s": n_sym / t_enc / 1e6, "dec_Msym_s": n_sym / t_dec / 1e6,
             "payload_bps": stream.bit_len / n_sym, "total_bps": bps, "entropy_bps": h,
             "over_entropy_pct": 100 * (bps / h - 1) if h else 0.0,
@@ -348,7 +375,7 @@ def main(argv=None) -> int:
     print()
     print("Huffman streams (bits per symbol include the code table and chunk offsets)")
     _print_table(hrows, [("stream", "stream", ""), ("symbols", "symbols", ",d"),
-                         ("max_len", "max len", "d"),
+                         ("group", "g", "d"), ("max_len", "max len", "d"),
                          ("enc_Msym_s", "enc Msym/s", ".1f"), ("dec_Msym_s", "dec Msym/s", ".1f"),
                          ("total_bps", "bits/sym", ".4f"), ("entropy_bps", "entropy", ".4f"),
                          ("over_entropy_pct", "over H %", ".2f")])

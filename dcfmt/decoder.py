@@ -19,7 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
-from . import huffman, sparse
+from . import groups, huffman, sparse
 from .constants import Layout, Values
 from .dtypes import DType, widen
 from .errors import DczError, FormatError
@@ -179,27 +179,87 @@ def _lookup(book: np.ndarray, idx: np.ndarray, out: np.ndarray | None = None) ->
 
 
 class _Values:
-    """Values of stored elements by their rank among stored elements."""
+    """Values of stored elements by their rank among stored elements.
+
+    With grouped indices (spec 7.4) one symbol stands for ``group``
+    consecutive indices, and ``rows`` maps it straight to their values: one
+    lookup per group instead of an index expansion and a lookup per index.
+    """
 
     def __init__(self, rec, method: str, pre: dict | None = None) -> None:
         self.rec = rec
         self.method = method
         self.pre = pre
+        self.group = 1
+        self.rows = None
         if rec.values is Values.RAW:
             self.raw = np.frombuffer(rec.raw, dtype=rec.dtype.storage)
             self.book = None
         else:
             self.raw = None
             self.book = widen(rec.codebook, rec.codebook_dtype, rec.dtype)
+            if len(self.book) > 1 and rec.group > 1:
+                self.group = rec.group
+                self.rows = groups.value_rows(self.book, rec.group)
+
+    @property
+    def per_chunk(self) -> int:
+        """Stored elements per chunk of the index stream."""
+        return self.rec.indices.chunk * self.group
+
+    def _groups(self, s0: int, s1: int) -> np.ndarray:
+        """Group symbols [s0, s1), with the VAL-7 check when the last group is among them."""
+        rec = self.rec
+        syms = _symbols(rec.indices, s0, s1, "grouped codebook index stream", rec.name,
+                        self.method, self.pre)
+        if s1 == rec.indices.n_symbols and s1 > s0:
+            groups.check_last_group(syms[-1], len(self.book), self.group, rec.nnz,
+                                    offset=rec.indices.offset, tensor=rec.name)
+        return syms
 
     def get(self, lo: int, hi: int) -> np.ndarray:
         if self.raw is not None:
             return self.raw[lo:hi]
         if len(self.book) == 1:
             return np.repeat(self.book, hi - lo)
+        if self.rows is not None:
+            g = self.group
+            s0, s1 = lo // g, -(-hi // g)
+            vals = _lookup_rows(self.rows, self._groups(s0, s1), self.book.dtype)
+            return vals[lo - s0 * g : hi - s0 * g]
         idx = _symbols(self.rec.indices, lo, hi, "codebook index stream", self.rec.name, self.method,
                        self.pre)
         return _lookup(self.book, idx)
+
+    def fill(self, lo: int, hi: int, out: np.ndarray) -> None:
+        """``out[:] = get(lo, hi)``, without the intermediate copy where possible."""
+        g = self.group
+        if self.rows is not None and lo % g == 0 and (hi % g == 0 or hi == self.rec.nnz):
+            whole = (hi - lo) // g
+            s0, s1 = lo // g, -(-hi // g)
+            syms = self._groups(s0, s1)
+            if whole:
+                _lookup_rows(self.rows, syms[:whole], self.book.dtype, out[: whole * g])
+            if s1 - s0 > whole:
+                out[whole * g :] = _lookup_rows(self.rows, syms[whole:], self.book.dtype)[: hi - lo - whole * g]
+        elif self.rows is None and self.book is not None and len(self.book) > 1:
+            _lookup(self.book, _symbols(self.rec.indices, lo, hi, "codebook index stream",
+                                        self.rec.name, self.method, self.pre), out)
+        else:
+            out[:] = self.get(lo, hi)
+
+
+def _lookup_rows(rows: np.ndarray, syms: np.ndarray, dtype: np.dtype,
+                 out: np.ndarray | None = None) -> np.ndarray:
+    """The values of groups ``syms`` through a :func:`dcfmt.groups.value_rows` table, flat."""
+    width = len(rows[0]) if rows.ndim == 2 else rows.dtype.itemsize // dtype.itemsize
+    if out is None:
+        out = np.empty(len(syms) * width, dtype=dtype)
+    target = out.view(rows.dtype).reshape(len(syms), -1) if rows.ndim == 2 else out.view(rows.dtype)
+    for a in range(0, len(syms), _LOOKUP):
+        # symbols come from a stream whose alphabet is len(rows): always in range
+        rows.take(syms[a : a + _LOOKUP], axis=0, out=target[a : a + _LOOKUP], mode="wrap")
+    return out
 
 
 def decode_range(rec, start: int, stop: int, *, method: str = "auto",
@@ -245,14 +305,13 @@ def _dense(rec, values: _Values, start: int, stop: int, out: np.ndarray, block: 
     if values.raw is not None or len(values.book) == 1 or rec.indices is None:
         out[:] = values.get(start, stop)
         return
-    chunk = rec.indices.chunk
+    chunk = values.per_chunk
     block = max(chunk, block // chunk * chunk)
     pos = start
     while pos < stop:
         # blocks end on chunk boundaries so no chunk is decoded twice
         end = min(stop, (pos // chunk) * chunk + block)
-        _lookup(values.book, _symbols(rec.indices, pos, end, "codebook index stream", rec.name,
-                                      values.method, values.pre), out[pos - start : end - start])
+        values.fill(pos, end, out[pos - start : end - start])
         pos = end
 
 

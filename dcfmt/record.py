@@ -17,19 +17,22 @@ import math
 
 import numpy as np
 
-from . import huffman, sparse
+from . import groups, huffman, sparse
 from .binary import Cursor, control_char, uvar, uvar_size
 from .constants import (
     ALIGN_MIN_PAYLOAD,
     ALIGNMENT,
     DEFAULT_CHUNK_LOG,
+    DEFAULT_GROUP_MAX_CODE_LENGTH,
     DEFAULT_MAX_CODE_LENGTH,
+    MAX_ALPHABET,
     MAX_CODEBOOK,
     MAX_RANK,
     OPTIONAL_SECTIONS,
     SECTION_KNOWN_FLAGS,
     SECTION_OPTIONAL,
     Layout,
+    VERSION_MINOR,
     SectionKind,
     Values,
 )
@@ -57,10 +60,25 @@ class EncodeOptions:
     Attributes:
         chunk_log: Huffman chunks hold ``2**chunk_log`` symbols (spec 5.2).
         max_code_length: cap on Huffman code lengths (spec allows up to 16).
+        group_indices: code the indices of small codebooks (k <= 16) in
+            groups when that is smaller (spec 7.4, format 1.1).  False writes
+            only 1.0 sections, for readers that predate 1.1.
+        group_max_code_length: cap on the codes of grouped index streams.
+        index_group: 0 lets the encoder choose; g >= 2 groups every index
+            stream whose ``k**g`` is at most 65536 by g, smaller or not (for
+            tests and conformance vectors).
     """
 
     chunk_log: int = DEFAULT_CHUNK_LOG
     max_code_length: int = DEFAULT_MAX_CODE_LENGTH
+    group_indices: bool = True
+    group_max_code_length: int = DEFAULT_GROUP_MAX_CODE_LENGTH
+    index_group: int = 0
+
+    @property
+    def format_minor(self) -> int:
+        """The minor format version of files written with these options (spec 13)."""
+        return VERSION_MINOR if self.group_indices else 0
 
 
 DEFAULT_OPTIONS = EncodeOptions()
@@ -206,9 +224,20 @@ def encode_tensor(code: TensorCode, options: EncodeOptions = DEFAULT_OPTIONS) ->
         sections += _section(SectionKind.CODEBOOK, bytes([code.codebook_dtype]) + uvar(len(book))
                              + book.tobytes())
         if len(book) > 1:
-            sections += _section(SectionKind.INDICES, huffman.encode_stream(
-                np.asarray(code.indices), len(book), max_length=options.max_code_length,
-                chunk_log=options.chunk_log))
+            k = len(book)
+            group = None
+            if not options.group_indices:
+                group = 1
+            elif options.index_group:
+                group = options.index_group if k ** options.index_group <= MAX_ALPHABET else 1
+            g, stream = groups.encode_indices(
+                np.asarray(code.indices), k, max_length=options.max_code_length,
+                group_max_length=options.group_max_code_length, chunk_log=options.chunk_log,
+                group=group)
+            if g == 1:
+                sections += _section(SectionKind.INDICES, stream)
+            else:
+                sections += _section(SectionKind.GROUPED_INDICES, [bytes([g]), stream])
         aligned = False
     else:
         payload = memoryview(np.ascontiguousarray(code.raw, dtype=code.dtype.storage)).cast("B")
@@ -300,6 +329,7 @@ class TensorRecord:
     codebook: np.ndarray | None = None
     codebook_dtype: DType | None = None
     indices: huffman.Stream | None = None
+    group: int = 1  # codebook indices per symbol of ``indices`` (spec 7.4)
     raw: memoryview | None = None
     raw_offset: int = 0
     sections: dict = dataclasses.field(default_factory=dict)  # kind -> (offset, length)
@@ -332,7 +362,7 @@ def parse_tensor(cur: Cursor, *, offset: int, size: int, aligned: bool,
                  limits: DecodeLimits = DEFAULT_LIMITS) -> TensorRecord:
     """Parse a tensor record body from ``cur`` (positioned at the body, ending at its end).
 
-    Applies rules TEN-*, SEC-*, VAL-1..VAL-5, RCP-*, SPA-1/2/5/6, HUF-1..HUF-10
+    Applies rules TEN-*, SEC-*, VAL-1..VAL-6, RCP-*, SPA-1/2/5/6, HUF-1..HUF-10
     and the limits; leaves only the checks that need decoding to
     :func:`decode_tensor`.
     """
@@ -458,6 +488,23 @@ def _parse_section(rec: TensorRecord, kind: SectionKind, body: Cursor, numel: in
         if rec.indices.n_symbols != nnz:
             raise body.fail(FormatError, f"{rec.indices.n_symbols} codebook indices for {rec.nnz} "
                             "stored elements", "VAL-4", at)
+    elif kind is SectionKind.GROUPED_INDICES:
+        k = len(rec.codebook) if rec.codebook is not None else 0
+        if k < 2:
+            raise body.fail(FormatError, "GROUPED_INDICES section without a codebook of 2+ entries",
+                            "SEC-4")
+        at = body.pos
+        nnz = _stored_count(rec, body)
+        g = body.u8("index group size")
+        if g < 2 or k ** g > MAX_ALPHABET:
+            raise body.fail(FormatError, f"groups of {g} indices of a {k}-entry codebook: need "
+                            f"2 <= g and k**g <= {MAX_ALPHABET}", "VAL-6", at)
+        at = body.pos
+        rec.group = g
+        rec.indices = huffman.parse_stream(body, k ** g, "grouped codebook index stream")
+        if rec.indices.n_symbols != -(-nnz // g):
+            raise body.fail(FormatError, f"{rec.indices.n_symbols} groups of {g} codebook indices "
+                            f"for {nnz} stored elements", "VAL-4", at)
     elif kind is SectionKind.RAW:
         count = _stored_count(rec, body)
         want = count * rec.dtype.itemsize
@@ -495,7 +542,9 @@ def _check_sections(rec: TensorRecord, seen: set, cur: Cursor, aligned: bool) ->
     else:
         need.add(SectionKind.CODEBOOK)
         if rec.codebook is not None and len(rec.codebook) > 1:
-            need.add(SectionKind.INDICES)
+            # format 1.1: grouped indices stand in for the plain index stream
+            need.add(SectionKind.GROUPED_INDICES if SectionKind.GROUPED_INDICES in seen
+                     else SectionKind.INDICES)
     have = seen - OPTIONAL_SECTIONS
     if have != need:
         missing = sorted(k.name for k in need - have)

@@ -43,7 +43,8 @@ class Writer:
         metadata: user metadata, str -> str; stored as the first record.
         plan: the compression plan for :meth:`write`: a plan object or a name
             (``"error-bounded"``, the default; ``"lossless"``; ``"paper"``).
-        options: Huffman stream parameters.
+        options: Huffman stream parameters; ``EncodeOptions(group_indices=False)``
+            writes a format 1.0 file, for readers that predate 1.1.
         verify: for path targets, re-read the finished file and check its
             structure and checksums before it replaces the target.
         keep_codes: remember every TensorCode written in ``codes`` (for
@@ -82,7 +83,8 @@ class Writer:
         self._keep_codes = keep_codes
         self.codes: list[TensorCode] = []  # what was written, when keep_codes
         try:
-            self._emit(encode_header())
+            # a file that may hold 1.1 sections says so; without them it is a 1.0 file
+            self._emit(encode_header(minor=options.format_minor))
             if metadata:
                 body = encode_metadata(metadata)
                 self._record(RecordKind.METADATA, 0, [body])
@@ -144,12 +146,20 @@ class Writer:
         self.write_code(code)
         return code
 
-    def write_code(self, code: TensorCode) -> None:
-        """Write an already encoded tensor (for example a trained codebook)."""
+    def write_code(self, code: TensorCode, *, options: EncodeOptions | None = None) -> None:
+        """Write an already encoded tensor (for example a trained codebook).
+
+        ``options`` replaces the writer's stream parameters for this tensor;
+        it may not use a feature newer than the header the writer wrote.
+        """
         self._check_open()
         if code.name in self._names:
             raise EncodeError(f"duplicate tensor name {code.name!r}")
-        aligned, parts = encode_tensor(code, self._options)
+        options = self._options if options is None else options
+        if options.format_minor > self._options.format_minor:
+            raise EncodeError("these options write format 1.1 sections into a file whose header "
+                              "says 1.0 (the writer was made with group_indices=False)")
+        aligned, parts = encode_tensor(code, options)
         try:
             self._record(RecordKind.TENSOR, RECORD_ALIGNED if aligned else 0, parts, code.name,
                          code.dtype, tuple(int(d) for d in code.shape))

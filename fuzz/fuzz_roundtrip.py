@@ -1,5 +1,6 @@
-"""Fuzz encode -> decode: fuzzer-built tensors through every plan decode exactly
-to the encoder's reconstruction (lossless plans: to the input)."""
+"""Fuzz encode -> decode: fuzzer-built tensors through every plan, with plain or
+grouped codebook indices, decode exactly to the encoder's reconstruction
+(lossless plans: to the input)."""
 
 import atheris
 import numpy as np
@@ -25,8 +26,12 @@ def test_one_input(data: bytes) -> None:
     if dtype == np.bool_:
         array = array.view(np.uint8) % 2 == 1
     plan = _PLANS[fdp.ConsumeIntInRange(0, len(_PLANS) - 1)]
+    # the writer's choices, or indices forced into groups (format 1.1) in short chunks
+    group = fdp.ConsumeIntInRange(0, 8)
+    options = dcfmt.EncodeOptions(chunk_log=4, index_group=group) if group >= 2 \
+        else dcfmt.EncodeOptions()
     try:
-        blob = dcfmt.encode({"t": array}, plan=plan)
+        blob = dcfmt.encode({"t": array}, plan=plan, options=options)
     except dcfmt.EncodeError:
         return
     out = dcfmt.decode(blob)["t"]

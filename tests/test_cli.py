@@ -38,7 +38,7 @@ def test_info_table(model, capsys):
     assert cli.main(["info", str(path)]) == 0
     out, err = capsys.readouterr()
     assert err == ""
-    assert out.startswith(f"{path}: .dcz format 1.0, {len(tensors)} tensors")
+    assert out.startswith(f"{path}: .dcz format 1.1, {len(tensors)} tensors")
     assert "arch = 'lenet'" in out
     for name in tensors:
         assert name in out
@@ -57,7 +57,7 @@ def test_info_json(model, capsys):
         raise ValueError(f"non-standard JSON constant {name}")
 
     doc = json.loads(out, parse_constant=no_constants)
-    assert doc["format_version"] == "1.0" and doc["metadata"] == {"arch": "lenet"}
+    assert doc["format_version"] == "1.1" and doc["metadata"] == {"arch": "lenet"}
     assert doc["file_bytes"] == os.path.getsize(path)
     by = {t["name"]: t for t in doc["tensors"]}
     assert list(by) == sorted(tensors)

@@ -40,7 +40,7 @@ INFO_DECODES_NOTHING = {
     "rcd3_optional_record_crc", "huf11_one_symbol_bit_1", "huf11_chunk_overrun",
     "huf11_leftover_bits", "huf11_relative_stream", "spa2_real_entries_differ",
     "spa2_bitmap_count_differs", "spa3_trailing_filler", "spa4_position_past_end",
-    "spa5_tables_disagree",
+    "spa5_tables_disagree", "val7_last_group_not_completed_with_zero",
 }
 #: A .dcz-named file that is a valid safetensors file: ``dcz convert`` recognises inputs by
 #: their bytes (converters/formats.py), so converting it succeeds, by design.

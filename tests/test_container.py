@@ -44,9 +44,10 @@ def raises(cls, rule, fn, *args, words="", **kw):
 
 
 def test_header_exact_bytes():
-    head = MAGIC + bytes([1, 0, 0, 0])
+    head = MAGIC + bytes([1, 1, 0, 0])
     assert container.encode_header() == head + struct.pack("<I", zlib.crc32(head))
-    assert container.encode_header() == header()
+    assert container.encode_header() == header(minor=1)
+    assert container.encode_header(minor=0) == header()
     assert MAGIC == b"\x89DCZ\r\n\x1a\n"
 
 
@@ -60,9 +61,12 @@ def test_trailer_exact_bytes():
 def test_minimal_file_exact_bytes():
     # header | index record (kind 3, flags 0, body "count 0") | trailer -> 40 bytes
     index = bytes([3, 0, 1, 0])
-    want = header() + index + struct.pack("<I", zlib.crc32(index)) + trailer(16)
+    want = header(minor=1) + index + struct.pack("<I", zlib.crc32(index)) + trailer(16)
     assert dcfmt.encode({}, plan="lossless") == want
     assert len(want) == 40
+    # without grouped indices the writer writes a 1.0 file
+    one_oh = dcfmt.encode({}, plan="lossless", options=dcfmt.EncodeOptions(group_indices=False))
+    assert one_oh == header() + want[16:]
     assert dcfmt.decode(want) == {}
 
 
@@ -74,7 +78,7 @@ def test_one_tensor_file_exact_bytes():
     entries = uvar(1) + bytes([1]) + uvar(16) + uvar(len(rec)) + uvar(1) + b"a" + bytes([2, 0])
     index = bytes([3, 0, len(entries)]) + entries
     index += struct.pack("<I", zlib.crc32(index))
-    want = header() + rec + index + trailer(16 + len(rec))
+    want = header(minor=1) + rec + index + trailer(16 + len(rec))
     assert dcfmt.encode({"a": np.int8(5)}, plan="lossless") == want
     out = dcfmt.decode(want)
     assert out["a"].dtype == np.int8 and out["a"].shape == () and int(out["a"]) == 5

@@ -54,8 +54,11 @@ def test_codec_benchmark_runs_and_reports_every_table():
     out = subprocess.run([sys.executable, "-m", "dcfmt.bench", "--quick", "--json"],
                          capture_output=True, text=True, check=True, timeout=300).stdout
     report = json.loads(out)
-    assert [r["stream"] for r in report["huffman"]][:4] == [
-        "indices k=16", "indices k=32", "indices k=256", "rel. index b=5, 8% kept"]
+    assert [r["stream"] for r in report["huffman"]][:7] == [
+        "indices k=4", "indices k=4, 1.0", "indices k=16", "indices k=16, 1.0", "indices k=32",
+        "indices k=256", "rel. index b=5, 8% kept"]
+    # codebooks of 4 and 16 entries are coded in groups, the forced 1.0 rows never
+    assert [r["group"] > 1 for r in report["huffman"]][:4] == [True, False, True, False]
     assert all(r["over_entropy_pct"] >= 0 for r in report["huffman"])
     assert [r["plan"] for r in report["tensors"]] == [
         "lossless", "4-bit codebook", "8-bit codebook", "error-bounded 1%", "90% pruned, 5-bit"]

@@ -312,6 +312,47 @@ def unknown_optional_parts():
             (bytes(out), [_expected("t", code.reconstruct(), DType.UINT8)]))
 
 
+@vector
+def grouped_indices():
+    """Format 1.1: codebook indices coded in groups (GROUPED_INDICES, spec 7.4).
+
+    The worked example of spec 7.4.1 (5 indices in pairs, the last pair
+    completed with 0); 1001 indices of a 3-entry codebook in groups of 5, in
+    16-symbol chunks; a relative layout with 16-entry float16-stored pairs and
+    an odd nnz; a bitmap with a 2-entry codebook in groups of 8.
+    """
+    rng = np.random.default_rng(20261205)
+    example = TensorCode("example", DType.FLOAT32, (5,), values=Values.CODEBOOK,
+                         codebook=np.array([-1.0, 0.5, 2.5], np.float32),
+                         codebook_dtype=DType.FLOAT32, indices=np.array([0, 1, 2, 1, 2]))
+    idx3 = np.clip(np.round(rng.normal(1.0, 0.6, 1001)), 0, 2).astype(np.int64)
+    g5 = TensorCode("groups_of_5", DType.FLOAT32, (7, 11, 13), values=Values.CODEBOOK,
+                    codebook=np.array([-0.25, 0.0, 0.25], np.float32),
+                    codebook_dtype=DType.FLOAT32, indices=idx3)
+    pos = np.sort(rng.choice(40 * 40, size=777, replace=False)).astype(np.int64)
+    idx16 = np.clip(np.round(rng.normal(7.5, 3.0, 777)), 0, 15).astype(np.int64)
+    rel = TensorCode("pairs_relative", DType.FLOAT32, (40, 40), layout=Layout.RELATIVE,
+                     values=Values.CODEBOOK, positions=pos, index_bits=3,
+                     codebook=np.linspace(-1, 1, 16).astype(np.float16),
+                     codebook_dtype=DType.FLOAT16, indices=idx16)
+    bpos = np.sort(rng.choice(300, size=203, replace=False)).astype(np.int64)
+    bits = (rng.random(203) < 0.8).astype(np.int64)
+    bmp = TensorCode("groups_of_8_bitmap", DType.FLOAT64, (300,), layout=Layout.BITMAP,
+                     values=Values.CODEBOOK, positions=bpos,
+                     codebook=np.array([0.125, -3.0]), codebook_dtype=DType.FLOAT64, indices=bits)
+    buf = io.BytesIO()
+    expected = []
+    with dcfmt.Writer(buf, plan="lossless") as w:
+        for code, g, chunk_log in [(example, 2, 4), (g5, 5, 4), (rel, 2, 5), (bmp, 8, 4)]:
+            w.write_code(code, options=EncodeOptions(chunk_log=chunk_log, index_group=g))
+            expected.append(_expected(code.name, code.reconstruct(), code.dtype))
+    data = buf.getvalue()
+    recs = list(dcfmt.Reader(io.BytesIO(data)).records())
+    assert [r.group for r in recs] == [2, 5, 2, 8] and data[9] == 1
+    return "format 1.1 grouped indices: g = 2, 5, 8; dense, relative, bitmap; odd counts", \
+        (data, expected)
+
+
 def main() -> int:
     written = 0
     for name, fn in VECTORS.items():

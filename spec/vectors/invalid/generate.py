@@ -1097,6 +1097,52 @@ def val5_padding_too_long():
     return build([raw_tensor(name, BIG, F32, pad=pad + 64)])
 
 
+# -- format 1.1: grouped indices (spec 7.4) ------------------------------------------------------
+
+
+def grouped(g: int, symbols, alphabet: int) -> bytes:
+    """A GROUPED_INDICES section: group size, then a stream of group symbols."""
+    return section(S.GROUPED_INDICES, bytes([g]) + huffman.encode_stream(
+        np.asarray(symbols, np.int64), alphabet, chunk_log=4))
+
+
+def t11(sections: bytes, **kw) -> bytes:
+    """A 1.1 file holding one hand-made float32 codebook tensor of shape (5,)."""
+    kw.setdefault("shape", (5,))
+    return build([tensor_rec("t", F32, kw.pop("shape"), values=Values.CODEBOOK, sections=sections,
+                             **kw)], hdr=header(minor=1))
+
+
+@case("VAL-6")
+def val6_group_of_one():
+    """A GROUPED_INDICES section with g = 1 (groups need at least 2 indices)."""
+    return t11(BOOK3 + grouped(1, [0, 1, 2, 1, 2], 3))
+
+
+@case("VAL-6")
+def val6_group_alphabet_too_large():
+    """Groups of 11 indices of a 3-entry codebook: 3**11 = 177147 symbols, above 65536."""
+    return t11(BOOK3 + grouped(11, [0], 2))
+
+
+@case("VAL-4")
+def val4_group_count_differs():
+    """2 groups of 2 indices for 5 stored elements (3 are needed)."""
+    return t11(BOOK3 + grouped(2, [1, 7], 9))
+
+
+@case("VAL-7")
+def val7_last_group_not_completed_with_zero():
+    """5 indices in pairs whose last pair is (2, 1): the index after the last element must be 0."""
+    return t11(BOOK3 + grouped(2, [1, 7, 7], 9))
+
+
+@case("SEC-4")
+def sec4_plain_and_grouped_indices():
+    """Both an INDICES and a GROUPED_INDICES section for one codebook."""
+    return t11(BOOK3 + indices([0, 1, 2, 1, 2], 3) + grouped(2, [1, 7, 6], 9))
+
+
 # -- recipe (RCP) --------------------------------------------------------------------------------
 
 
