@@ -27,13 +27,14 @@ from __future__ import annotations
 import numpy as np
 
 from . import huffman
-from .constants import MAX_ALPHABET
+from .constants import MAX_ALPHABET, MAX_CODE_LENGTH
 from .errors import FormatError
 
 __all__ = [
     "group_sizes",
     "group_symbols",
     "encode_indices",
+    "estimated_size",
     "digit_table",
     "value_rows",
     "decode_indices",
@@ -44,6 +45,10 @@ __all__ = [
 #: that, the stored code-length table (5 bits per symbol) costs more than
 #: grouping saves on tensors of a million weights.
 _ENCODER_MAX_ALPHABET = 4096
+
+
+#: Groups of this many indices or more may use codes up to 16 bits long.
+_LONG_CODE_GROUP = 4
 
 
 def group_sizes(k: int) -> list[int]:
@@ -133,6 +138,21 @@ def _counts(symbols: np.ndarray, alphabet: int) -> np.ndarray:
     return freqs
 
 
+def estimated_size(freqs: np.ndarray, *, group_max_length: int, chunk_log: int) -> float | None:
+    """Estimated bytes of the best grouped stream for indices with these counts.
+
+    For plans that compare encodings before coding them; None when the
+    codebook is too large to group (see :func:`group_sizes`) or too few
+    indices are coded.
+    """
+    freqs = np.asarray(freqs, dtype=np.int64)
+    n = int(freqs.sum())
+    sizes = group_sizes(len(freqs))
+    if n < 64 or not sizes:
+        return None
+    return min(_modelled(freqs, n, g, group_max_length, chunk_log) for g in sizes) + 1
+
+
 def encode_indices(indices: np.ndarray, k: int, *, max_length: int, group_max_length: int,
                    chunk_log: int, group: int | None = None) -> tuple[int, bytes]:
     """Huffman-code codebook indices, grouped when that makes the stream smaller.
@@ -142,8 +162,8 @@ def encode_indices(indices: np.ndarray, k: int, *, max_length: int, group_max_le
         k: codebook size, at least 2.
         max_length: code-length cap of a plain INDICES stream.
         group_max_length: code-length cap of a grouped stream, whose larger
-            alphabet needs longer codes: 14 bits keep 256-symbol alphabets
-            within ~0.05 % of unconstrained Huffman coding.
+            alphabet needs longer codes than plain indices.  Groups of 4 or
+            more indices also try 16 bits and keep them if smaller.
         chunk_log: chunks hold ``2**chunk_log`` symbols (groups, when grouped).
         group: None (default) considers every size of :func:`group_sizes`
             and keeps the best only if it is smaller than plain coding; 1
@@ -178,6 +198,12 @@ def encode_indices(indices: np.ndarray, k: int, *, max_length: int, group_max_le
             sym = group_symbols(idx, k, g)
             gfreqs = _counts(sym, k ** g)
         glengths = huffman.code_lengths(gfreqs, group_max_length)
+        if g >= _LONG_CODE_GROUP and group_max_length < MAX_CODE_LENGTH:
+            # one lookup yields 4+ indices, so a 2**16-entry table costs little per
+            # index, and rare groups of very skewed indices want long codes
+            longer = huffman.code_lengths(gfreqs, MAX_CODE_LENGTH)
+            if huffman.stream_bits(gfreqs, longer) < huffman.stream_bits(gfreqs, glengths):
+                glengths = longer
         if _estimate(gfreqs, glengths, len(sym), chunk_log) + 1 < plain:
             return g, huffman.encode_stream(sym, k ** g, lengths=glengths, chunk_log=chunk_log)
     return 1, huffman.encode_stream(idx, k, lengths=lengths, chunk_log=chunk_log)

@@ -26,9 +26,10 @@ import math
 
 import numpy as np
 
-from . import huffman, parallel, sparse
+from . import groups, huffman, parallel, sparse
 from .constants import (
     DEFAULT_CHUNK_LOG,
+    DEFAULT_GROUP_MAX_CODE_LENGTH,
     DEFAULT_MAX_CODE_LENGTH,
     MAX_CODEBOOK,
     KMeansInit,
@@ -111,6 +112,23 @@ def _stream_size(freqs: np.ndarray) -> int:
     return sparse.stream_size(np.asarray(freqs, dtype=np.int64), _CL, _ML)
 
 
+def _index_bits(counts: np.ndarray) -> float:
+    """Payload bits of a codebook index stream, plain or grouped as the writer would."""
+    plain = huffman.stream_bits(counts, huffman.code_lengths(counts, _ML))
+    grouped = groups.estimated_size(counts, group_max_length=DEFAULT_GROUP_MAX_CODE_LENGTH,
+                                    chunk_log=_CL)
+    return plain if grouped is None else min(plain, 8 * grouped)
+
+
+def _index_stream_size(freqs: np.ndarray) -> float:
+    """Bytes of a codebook index stream: plain, or grouped (spec 7.4) where the writer
+    would group it -- estimated from the counts, as the writer measures before it chooses."""
+    plain = _stream_size(freqs)
+    grouped = groups.estimated_size(freqs, group_max_length=DEFAULT_GROUP_MAX_CODE_LENGTH,
+                                    chunk_log=_CL)
+    return plain if grouped is None else min(plain, grouped)
+
+
 def _best_sparse(positions: np.ndarray, numel: int) -> tuple[int, Layout, int | None]:
     return min(_layouts(positions, numel), key=lambda t: (t[0], t[1]))
 
@@ -153,7 +171,7 @@ def lossless_tensor(name: str, storage: np.ndarray, dtype: DType, *,
         k = len(values)
         counts = np.bincount(inverse, minlength=k)
         book_size = 8 + k * item
-        dense = book_size + (_stream_size(counts) if k > 1 else 0)
+        dense = book_size + (_index_stream_size(counts) if k > 1 else 0)
         if dense < best[0]:
             best = (dense, "dense-codebook", (values, inverse))
         if nnz < numel and nnz:
@@ -161,7 +179,7 @@ def lossless_tensor(name: str, storage: np.ndarray, dtype: DType, *,
             kept_counts = counts.copy()
             kept_counts[zero_slot] = 0
             kk = k - 1
-            rest = 8 + kk * item + (_stream_size(kept_counts[kept_counts > 0]) if kk > 1 else 0)
+            rest = 8 + kk * item + (_index_stream_size(kept_counts[kept_counts > 0]) if kk > 1 else 0)
             if floor + rest < best[0]:
                 if sparse_choice is None:
                     positions = np.flatnonzero(nonzero)
@@ -249,7 +267,7 @@ def codebook_tensor(
         options.append((dense[0], Layout.DENSE, None))
     positions = None
     if nnz < numel:
-        values_size = book_bytes + (_stream_size(counts) if k > 1 else 0)
+        values_size = book_bytes + (_index_stream_size(counts) if k > 1 else 0)
         # positions cost at least a bit per kept element (see lossless_tensor); ties go
         # to DENSE, so a sparse layout that cannot be strictly smaller is not sized
         if not options or (nnz + 7) // 8 + values_size < options[0][0]:
@@ -291,7 +309,7 @@ def _dense_option(book: np.ndarray, cdt: DType, dtype: DType, counts: np.ndarray
     if nnz < numel:
         zslot = int(zero[0]) if len(zero) else k
         dcounts[zslot] += numel - nnz
-    size = 8 + dense_k * cdt.itemsize + (_stream_size(dcounts) if dense_k > 1 else 0)
+    size = 8 + dense_k * cdt.itemsize + (_index_stream_size(dcounts) if dense_k > 1 else 0)
     return size, zslot, bool(extend)
 
 
@@ -602,7 +620,8 @@ def _scan(flat: np.ndarray, dtype: DType) -> tuple[bool, float, float, float]:
 
 
 def _code_size(code: TensorCode) -> int:
-    """Approximate stored bytes of a TensorCode (streams exact, headers estimated)."""
+    """Approximate stored bytes of a TensorCode (plain streams exact, grouped ones and
+    headers estimated)."""
     size = 16
     numel = code.numel
     if code.layout is Layout.RELATIVE:
@@ -616,7 +635,7 @@ def _code_size(code: TensorCode) -> int:
         k = len(code.codebook)
         size += 8 + k * code.codebook_dtype.itemsize
         if k > 1:
-            size += _stream_size(np.bincount(np.asarray(code.indices), minlength=k))
+            size += _index_stream_size(np.bincount(np.asarray(code.indices), minlength=k))
     return size
 
 
@@ -770,14 +789,14 @@ class _Histogram:
         kept = float(self.numel - self.prune_cnt[j])
         n = self.numel
         counts = counts[counts > 0].astype(np.int64)
-        idx_bits = huffman.stream_bits(counts, huffman.code_lengths(counts, _ML)) if len(counts) > 1 else 0
+        idx_bits = _index_bits(counts) if len(counts) > 1 else 0
         sparse_bits = idx_bits
         if kept < n:
             d = kept / n
             h = -(d * math.log2(d) + (1 - d) * math.log2(1 - d)) if 0 < d < 1 else 0.0
             sparse_bits += n * h * 1.03 + 64
             dense_counts = np.append(counts, n - int(kept))
-            dense_bits = huffman.stream_bits(dense_counts, huffman.code_lengths(dense_counts, _ML))
+            dense_bits = _index_bits(dense_counts)
             bits = min(sparse_bits, dense_bits)
         else:
             bits = idx_bits
@@ -859,7 +878,7 @@ class _Histogram:
         book = from_float64(means, cdt)
         counts = cnt[used].astype(np.int64)
         dense = _dense_option(book, cdt, dtype, counts, numel, nnz) if nnz else None
-        values_size = 8 + len(book) * cdt.itemsize + (_stream_size(counts) if len(book) > 1 else 0)
+        values_size = 8 + len(book) * cdt.itemsize + (_index_stream_size(counts) if len(book) > 1 else 0)
         remap = np.zeros(k + 2, dtype=np.uint16)
         remap[used] = np.arange(len(used))
         if dense is None or (nnz < numel and (nnz + 7) // 8 + values_size < dense[0]):
