@@ -240,8 +240,9 @@ class _Values:
             syms = self._groups(s0, s1)
             if whole:
                 _lookup_rows(self.rows, syms[:whole], self.book.dtype, out[: whole * g])
-            if s1 - s0 > whole:
-                out[whole * g :] = _lookup_rows(self.rows, syms[whole:], self.book.dtype)[: hi - lo - whole * g]
+            if s1 - s0 > whole:  # the last group, of which only the first indices are elements
+                tail = _lookup_rows(self.rows, syms[whole:], self.book.dtype)
+                out[whole * g :] = tail[: hi - lo - whole * g]
         elif self.rows is None and self.book is not None and len(self.book) > 1:
             _lookup(self.book, _symbols(self.rec.indices, lo, hi, "codebook index stream",
                                         self.rec.name, self.method, self.pre), out)

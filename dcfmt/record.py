@@ -60,8 +60,8 @@ class EncodeOptions:
     Attributes:
         chunk_log: Huffman chunks hold ``2**chunk_log`` symbols (spec 5.2).
         max_code_length: cap on Huffman code lengths (spec allows up to 16).
-        group_indices: code the indices of small codebooks (k <= 16) in
-            groups when that is smaller (spec 7.4, format 1.1).  False writes
+        group_indices: code the indices of small codebooks (up to 64 entries)
+            in groups when that is smaller (spec 7.4, format 1.1).  False writes
             only 1.0 sections, for readers that predate 1.1.
         group_max_code_length: cap on the codes of grouped index streams.
         index_group: 0 lets the encoder choose; g >= 2 groups every index

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 MODULES = ["dcfmt.huffman", "dcfmt.sparse", "dcfmt.prune", "dcfmt.quantize", "dcfmt.plan",
-           "dcfmt.api", "dcfmt.reader", "dcfmt.writer", "dcfmt.lazy", "dcfmt.atomic"]
+           "dcfmt.api", "dcfmt.reader", "dcfmt.writer", "dcfmt.lazy", "dcfmt.atomic", "dcfmt.groups"]
 
 
 @pytest.mark.parametrize("name", MODULES)

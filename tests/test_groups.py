@@ -242,7 +242,8 @@ def test_grouped_file_is_version_1_1_and_a_1_0_file_without_it():
     new = dcfmt.encode(w, plan=dcfmt.FixedPlan(bits=3))
     old = dcfmt.encode(w, plan=dcfmt.FixedPlan(bits=3), options=EncodeOptions(group_indices=False))
     assert new[9] == 1 and old[9] == 0
-    assert bytes([S.GROUPED_INDICES, 0]) in new
+    assert [r.group for r in dcfmt.Reader(io.BytesIO(new)).records()] == [2]
+    assert [r.group for r in dcfmt.Reader(io.BytesIO(old)).records()] == [1]
     assert np.array_equal(dcfmt.decode(new)["w"], dcfmt.decode(old)["w"])
     assert len(new) < len(old)
 
@@ -307,3 +308,28 @@ def test_sec4_grouped_and_plain_indices_together_or_without_a_codebook():
     assert _error(raw)[1] == "SEC-4"
     assert math.isfinite(float(dcfmt.decode(build([tensor_rec(
         "t", F32, (4,), 0, Values.CODEBOOK, cb + grouped)]))["t"][0]))
+
+
+def test_write_code_options_cannot_exceed_the_header():
+    book = np.linspace(-1, 1, 8).astype(np.float32)
+    code = _code(gaussian_indices(1000, 8), book)
+    buf = io.BytesIO()
+    with dcfmt.Writer(buf, options=EncodeOptions(group_indices=False)) as w:
+        with pytest.raises(dcfmt.EncodeError, match="1.0"):
+            w.write_code(code, options=EncodeOptions(index_group=2))
+        w.write_code(code, options=EncodeOptions(group_indices=False, chunk_log=4))
+    data = buf.getvalue()
+    assert data[9] == 0
+    assert [r.group for r in dcfmt.Reader(io.BytesIO(data)).records()] == [1]
+    assert np.array_equal(dcfmt.decode(data)["t"], code.reconstruct())
+
+
+def test_forced_group_falls_back_to_plain_when_the_alphabet_would_be_too_large():
+    book = np.linspace(-1, 1, 300).astype(np.float32)  # 300**2 > 65536
+    idx = np.random.default_rng(0).integers(0, 300, 5000)
+    assert _sections(encode_tensor(_code(idx, book), EncodeOptions(index_group=2))[1]) == \
+        [S.CODEBOOK, S.INDICES]
+    small = np.linspace(-1, 1, 40).astype(np.float32)  # 40**3 = 64000: allowed when forced
+    idx = np.random.default_rng(1).integers(0, 40, 5000)
+    parts = encode_tensor(_code(idx, small), EncodeOptions(index_group=3))[1]
+    assert _sections(parts) == [S.CODEBOOK, S.GROUPED_INDICES]
