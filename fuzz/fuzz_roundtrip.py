@@ -7,7 +7,6 @@ import numpy as np
 
 with atheris.instrument_imports():
     import dcfmt
-    from dcfmt.dtypes import DType
     from common import run
 
 _DTYPES = [np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,

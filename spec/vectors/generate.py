@@ -32,8 +32,7 @@ from dcfmt import container  # noqa: E402
 from dcfmt.binary import uvar  # noqa: E402
 from dcfmt.constants import Layout, RecordKind, Values  # noqa: E402
 from dcfmt.dtypes import DType  # noqa: E402
-from dcfmt.plan import FixedPlan, prepare  # noqa: E402
-from dcfmt.recipe import Recipe  # noqa: E402
+from dcfmt.plan import FixedPlan  # noqa: E402
 from dcfmt.record import EncodeOptions, TensorCode, encode_tensor  # noqa: E402
 
 VECTORS = {}
