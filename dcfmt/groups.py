@@ -127,7 +127,7 @@ def _modelled(freqs: np.ndarray, n: int, g: int, cap: int, chunk_log: int) -> fl
     expected = joint * m
     lengths = huffman.code_lengths(np.rint(expected).astype(np.int64), cap)
     charged = np.where(lengths > 0, lengths, cap)
-    return _estimate(expected, charged, m, chunk_log) + 1
+    return _estimate(expected, charged, m, chunk_log) + 1  # + the group size byte
 
 
 def _counts(symbols: np.ndarray, alphabet: int) -> np.ndarray:
@@ -150,7 +150,7 @@ def estimated_size(freqs: np.ndarray, *, group_max_length: int, chunk_log: int) 
     sizes = group_sizes(len(freqs))
     if n < 64 or not sizes:
         return None
-    return min(_modelled(freqs, n, g, group_max_length, chunk_log) for g in sizes) + 1
+    return min(_modelled(freqs, n, g, group_max_length, chunk_log) for g in sizes)
 
 
 def encode_indices(indices: np.ndarray, k: int, *, max_length: int, group_max_length: int,
