@@ -88,7 +88,7 @@ def group_symbols(indices: np.ndarray, k: int, g: int) -> np.ndarray:
         full = idx.astype(dt, copy=False)
     rows = full.reshape(m, g)
     # Horner's rule in the symbol dtype: every partial value is below k**g
-    sym = rows[:, 0] * dt(k) if g > 1 else rows[:, 0].copy()
+    sym = rows[:, 0] * dt(k)  # g >= 2
     for i in range(1, g):
         sym += rows[:, i]
         if i < g - 1:
