@@ -28,6 +28,7 @@ with bit-reversed codes, like DEFLATE.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 from bitarray import bitarray
@@ -541,23 +542,40 @@ _STAGE_STEPS = 64   # steps staged before transposing into the output
 #: chunk after another: lock-step pays ~7 us of numpy calls per step whatever
 #: the number of lanes, so it only wins when there are many lanes.
 LOCKSTEP_MIN_CHUNKS = 256
+_I6, _I63 = (np.asarray(c, dtype=np.int64) for c in (6, 63))
+_U64 = np.asarray(64, dtype=np.uint64)
 
 
 def _tables(stream: Stream) -> tuple[np.ndarray, np.ndarray]:
-    """Decode tables of ``2**max_len`` entries: symbol and code length (0 = invalid code)."""
+    """Decode tables of ``2**max_len`` entries: symbol and code length (0 = invalid code).
+
+    Entry ``w`` is for the window ``w`` of the next ``max_len`` bits, first bit
+    least significant.  In the most-significant-first order, the codes of a
+    canonical code are consecutive runs of ``2**(max_len - length)`` entries in
+    (length, symbol) order, so the table is built there with one repeat and
+    then bit-reversed; an incomplete code leaves invalid entries at the end.
+    """
     L = stream.max_len
     lengths = stream.lengths.astype(np.int64)
-    codes = canonical_codes(lengths)
     used = np.flatnonzero(lengths)
     order = used[np.lexsort((used, lengths[used]))]
-    lj = codes[order] << (L - lengths[order])
-    r = _reverse_bits(np.arange(1 << L, dtype=np.int64), L)
-    i = np.searchsorted(lj, r, side="right") - 1
-    sym = order[i]
-    ln = lengths[sym]
-    valid = r < lj[i] + (np.int64(1) << (L - ln))
-    return (np.where(valid, sym, 0).astype(_symbol_dtype(stream.alphabet)),
-            np.where(valid, ln, 0).astype(np.int64))
+    ls = lengths[order]
+    reps = np.left_shift(1, L - ls)
+    total = int(reps.sum())  # <= 2**L (Kraft, HUF-5)
+    sym = np.zeros(1 << L, dtype=_symbol_dtype(stream.alphabet))
+    sym[:total] = np.repeat(order, reps)
+    ln = np.zeros(1 << L, dtype=np.int64)
+    ln[:total] = np.repeat(ls, reps)
+    perm = _reversal(L)
+    return sym[perm], ln[perm]
+
+
+@functools.lru_cache(maxsize=None)
+def _reversal(width: int) -> np.ndarray:
+    """The permutation ``i -> reverse of the width low bits of i`` (read-only: it is shared)."""
+    perm = _reverse_bits(np.arange(1 << width, dtype=np.int64), width)
+    perm.flags.writeable = False
+    return perm
 
 
 def _symbol_dtype(alphabet: int) -> np.dtype:
@@ -572,7 +590,10 @@ def _padded(payload: memoryview, extra: int) -> np.ndarray:
     return buf
 
 
-_SWAP_MASKS = [np.uint64(0x00FF00FF00FF00FF), np.uint64(0x0000FFFF0000FFFF), np.uint64(0x00000000FFFFFFFF)]
+# 0-d arrays, not numpy scalars: a scalar operand costs a conversion on every call
+_SWAP_MASKS = [np.asarray(m, dtype=np.uint64) for m in
+               (0x00FF00FF00FF00FF, 0x0000FFFF0000FFFF, 0x00000000FFFFFFFF)]
+_SWAP_SHIFTS = [np.asarray(s, dtype=np.uint64) for s in (8, 16, 32)]
 
 
 def _transpose_into(stage: np.ndarray, out: np.ndarray) -> None:
@@ -589,18 +610,19 @@ def _transpose_into(stage: np.ndarray, out: np.ndarray) -> None:
     x = stage.view(np.uint64).reshape(steps // r, r, n // r)
     level = 0
     d = 1
+    xor = np.bitwise_xor
     while d < r:
-        shift = np.uint64(8 * e * d)
+        shift = _SWAP_SHIFTS[level + e // 2]
         mask = _SWAP_MASKS[level + e // 2]
         pairs = x.reshape(steps // r, r // (2 * d), 2, d, n // r)
         a = pairs[:, :, 0]
         b = pairs[:, :, 1]
         t = np.right_shift(a, shift)
-        t ^= b
-        t &= mask
-        b ^= t
-        t <<= shift
-        a ^= t
+        xor(t, b, t)
+        np.bitwise_and(t, mask, t)
+        xor(b, t, b)
+        np.left_shift(t, shift, t)
+        xor(a, t, a)
         d *= 2
         level += 1
     np.copyto(out.view(np.uint64).reshape(n // r, r, steps // r), x.transpose(2, 1, 0))
@@ -636,23 +658,38 @@ def _run_lanes(buf: np.ndarray, starts: np.ndarray, counts: np.ndarray, symtab: 
         for i in np.flatnonzero(cnt < lane_steps):
             short.setdefault(int(cnt[i]), []).append(int(i))
         if masks.ndim:
-            mask = np.zeros(width, dtype=np.int64)
+            mask = np.zeros(width, dtype=np.uint64)
             mask[:n] = masks[k0:k1]
         else:
-            mask = masks
+            mask = masks.astype(np.uint64)
         if bases is not None:
             base = np.zeros(width, dtype=np.int64)
             base[:n] = bases[k0:k1]
         else:
             base = None
+        # The window and the shifts are unsigned: numpy shifts uint64 by a
+        # variable count ~1.6x faster than int64.  Views share the bits, so
+        # the same buffers serve as signed indices for take and for p.
         code = np.empty(width, dtype=np.int64)
+        ucode = code.view(np.uint64)
         ln = np.empty(width, dtype=np.int64)
+        uln = ln.view(np.uint64)
         stage = np.empty((_STAGE_STEPS, width), dtype=symtab.dtype)
+        stage_rows = list(stage)
         q = np.empty(width, dtype=np.int64)
         r = np.empty(width, dtype=np.uint64)
+        ri = r.view(np.int64)
         hi = np.empty(width, dtype=np.uint64)
-        lo = np.empty(width, dtype=np.uint64)
-        v = lo.view(np.int64)
+        v = np.empty(width, dtype=np.uint64)
+        # On 1,000 lanes a call's fixed cost is as large as its work, so the
+        # loop calls ufuncs and take through local names with positional
+        # arguments (keywords cost ~0.4 us a call), and its constants are 0-d
+        # arrays (numpy converts a Python scalar on every call).  q and q + 1
+        # are in range by construction (the buffer is padded for over-reads),
+        # as are the table indices; "wrap" is the cheapest bounds-safe mode.
+        band, bor, add, sub = np.bitwise_and, np.bitwise_or, np.add, np.subtract
+        rshift, lshift = np.right_shift, np.left_shift
+        stake, ltake, wtake, wtake1 = symtab.take, lentab.take, words.take, words[1:].take
         left = 0
         for s0 in range(0, lane_steps, _STAGE_STEPS):
             s1 = min(lane_steps, s0 + _STAGE_STEPS)
@@ -663,24 +700,22 @@ def _run_lanes(buf: np.ndarray, starts: np.ndarray, counts: np.ndarray, symtab: 
                 if left == 0:
                     # v = the 64 bits from bit p: (w[q] >> r) | (w[q+1] << (64 - r));
                     # numpy shifts by 64 give 0, which is right for r = 0
-                    np.right_shift(p, 6, out=q)
-                    np.bitwise_and(p, 63, out=r, casting="unsafe")
-                    words.take(q, out=lo, mode="clip")
-                    q += 1
-                    words.take(q, out=hi, mode="clip")
-                    lo >>= r
-                    np.subtract(64, r, out=r)
-                    hi <<= r
-                    lo |= hi
+                    rshift(p, _I6, q)
+                    band(p, _I63, ri)
+                    wtake(q, None, v, "wrap")
+                    wtake1(q, None, hi, "wrap")
+                    rshift(v, r, v)
+                    sub(_U64, r, r)
+                    lshift(hi, r, hi)
+                    bor(v, hi, v)
                     left = refill
-                np.bitwise_and(v, mask, out=code)
+                band(v, mask, ucode)
                 if base is not None:
-                    code += base
-                # in range by construction; "wrap" is the cheapest bounds-safe mode
-                symtab.take(code, out=stage[t - s0], mode="wrap")
-                lentab.take(code, out=ln, mode="wrap")
-                v >>= ln
-                p += ln
+                    add(code, base, code)
+                stake(code, None, stage_rows[t - s0], "wrap")
+                ltake(code, None, ln, "wrap")
+                rshift(v, uln, v)
+                add(p, ln, p)
                 left -= 1
             rows = s1 - s0 + (-(s1 - s0) % 8)
             _transpose_into(stage[:rows], out[k0 : k0 + width, s0 : s0 + rows])
