@@ -537,6 +537,11 @@ def parse_stream(cur: Cursor, alphabet: int, what: str) -> Stream:
 # ---------------------------------------------------------------------------
 
 _LANE_BATCH = 8192  # lanes decoded together; ~1 MB of working state
+_MIN_LANE_BATCH = 2048  # fewer lanes pay too much fixed cost per numpy call
+#: decode_many keeps the decode tables that one batch of lanes reads within
+#: about this many bytes: lanes of many streams look up many tables, and once
+#: those outgrow the L2 cache each lookup misses.
+_BATCH_TABLE_BYTES = 1 << 20
 _STAGE_STEPS = 64   # steps staged before transposing into the output
 #: Streams with fewer chunks than this are decoded by bitarray's C decoder, one
 #: chunk after another: lock-step pays ~7 us of numpy calls per step whatever
@@ -590,60 +595,80 @@ def _padded(payload: memoryview, extra: int) -> np.ndarray:
     return buf
 
 
-# 0-d arrays, not numpy scalars: a scalar operand costs a conversion on every call
+# 0-d arrays, not numpy scalars: a scalar operand costs a conversion on every call.
+# Swap levels from the widest fields down: the 32-bit halves, then 16, then 8
+# bits (2-byte symbols need only the first two).
 _SWAP_MASKS = [np.asarray(m, dtype=np.uint64) for m in
-               (0x00FF00FF00FF00FF, 0x0000FFFF0000FFFF, 0x00000000FFFFFFFF)]
-_SWAP_SHIFTS = [np.asarray(s, dtype=np.uint64) for s in (8, 16, 32)]
+               (0x00000000FFFFFFFF, 0x0000FFFF0000FFFF, 0x00FF00FF00FF00FF)]
+_SWAP_SHIFTS = [np.asarray(s, dtype=np.uint64) for s in (32, 16, 8)]
 
 
 def _transpose_into(stage: np.ndarray, out: np.ndarray) -> None:
-    """``out[:] = stage.T`` for a (S, n) uint8/uint16 ``stage``, S and n multiples of 8.
+    """``out[:, t] = ``step t of ``stage`` for a (S, n) uint8/uint16 ``stage``, S and n multiples of 8.
 
-    numpy copies transposed 1- and 2-byte elements at ~5 ns each; treating each
-    8-byte word as a row of an 8x8 (or 4x4) block and transposing the blocks
-    with three delta swaps (Hacker's Delight 7-3) costs a fifth of that.  The
+    With ``r = 8 // itemsize`` symbols per 8-byte word, step ``t = r*s + i``
+    is stored in row ``i*(S/r) + s`` (see :func:`_stage_rows`).  numpy copies
+    transposed 1- and 2-byte elements at ~5 ns each; treating each 8-byte
+    word as a row of an 8x8 (or 4x4) block and transposing the blocks with
+    delta swaps (Hacker's Delight 7-3) costs a fifth of that, and the row
+    order above makes both halves of every swap a few contiguous runs, which
+    numpy processes ~3x faster than the interleaved rows of step order.  The
     words then move as whole uint64 values.  ``stage`` is used as scratch.
     """
     steps, n = stage.shape
     e = stage.itemsize
     r = 8 // e
-    x = stage.view(np.uint64).reshape(steps // r, r, n // r)
+    m = (steps // r) * (n // r)
+    x = stage.view(np.uint64).reshape(r, m)
     level = 0
-    d = 1
+    d = r // 2
     xor = np.bitwise_xor
-    while d < r:
-        shift = _SWAP_SHIFTS[level + e // 2]
-        mask = _SWAP_MASKS[level + e // 2]
-        pairs = x.reshape(steps // r, r // (2 * d), 2, d, n // r)
-        a = pairs[:, :, 0]
-        b = pairs[:, :, 1]
-        t = np.right_shift(a, shift)
-        xor(t, b, t)
-        np.bitwise_and(t, mask, t)
-        xor(b, t, b)
-        np.left_shift(t, shift, t)
-        xor(a, t, a)
-        d *= 2
+    t = np.empty((r // 2, m), dtype=np.uint64)
+    while d >= 1:
+        # rows i and i + d of each block swap their (8*e*d)-bit fields: block
+        # (i, j) of the result takes field j of row i + ... (Hacker's Delight 7-3)
+        shift = _SWAP_SHIFTS[level]
+        mask = _SWAP_MASKS[level]
+        pairs = x.reshape(r // (2 * d), 2, d * m)
+        a = pairs[:, 0]
+        b = pairs[:, 1]
+        tt = t.reshape(r // (2 * d), d * m)
+        np.right_shift(a, shift, tt)
+        xor(tt, b, tt)
+        np.bitwise_and(tt, mask, tt)
+        xor(b, tt, b)
+        np.left_shift(tt, shift, tt)
+        xor(a, tt, a)
+        d //= 2
         level += 1
-    np.copyto(out.view(np.uint64).reshape(n // r, r, steps // r), x.transpose(2, 1, 0))
+    words = x.reshape(r, steps // r, n // r)
+    np.copyto(out.view(np.uint64).reshape(n // r, r, steps // r), words.transpose(2, 0, 1))
+
+
+def _stage_rows(stage: np.ndarray, steps: int) -> list[np.ndarray]:
+    """Views of the rows of ``stage`` that hold steps ``0..steps-1`` (see :func:`_transpose_into`)."""
+    r = 8 // stage.itemsize
+    m = steps // r
+    return [stage[(t % r) * m + t // r] for t in range(steps)]
 
 
 def _run_lanes(buf: np.ndarray, starts: np.ndarray, counts: np.ndarray, symtab: np.ndarray,
                lentab: np.ndarray, masks: np.ndarray, bases: np.ndarray | None, max_len: int,
-               out: np.ndarray) -> np.ndarray:
+               out: np.ndarray, batch_lanes: int = _LANE_BATCH) -> np.ndarray:
     """Decode ``counts[i]`` symbols for each lane i starting at bit ``starts[i]`` of ``buf``.
 
     Writes lane i's symbols to ``out[i, :counts[i]]`` (``out`` has a row per
     lane, rounded up to a multiple of 8 rows, and a multiple of 8 columns) and
     returns the bit position where each lane stopped.  Invalid codes have length
     0, so a lane that meets one stops advancing and its end position exposes it.
+    Lanes run in batches of at most ``batch_lanes``.
     """
     # aligned little-endian 64-bit words; a window at any bit is built from two
     words = buf[: len(buf) // 8 * 8].view("<u8")
     n_lanes = len(starts)
     ends = np.empty(n_lanes, dtype=np.int64)
     refill = max(1, 64 // max_len)
-    n_batches = -(-n_lanes // _LANE_BATCH)
+    n_batches = -(-n_lanes // batch_lanes)
     batch = -(-n_lanes // n_batches)
     batch += -batch % 8
     for k0 in range(0, n_lanes, batch):
@@ -675,7 +700,7 @@ def _run_lanes(buf: np.ndarray, starts: np.ndarray, counts: np.ndarray, symtab: 
         ln = np.empty(width, dtype=np.int64)
         uln = ln.view(np.uint64)
         stage = np.empty((_STAGE_STEPS, width), dtype=symtab.dtype)
-        stage_rows = list(stage)
+        full_rows = _stage_rows(stage, _STAGE_STEPS)
         q = np.empty(width, dtype=np.int64)
         r = np.empty(width, dtype=np.uint64)
         ri = r.view(np.int64)
@@ -693,6 +718,8 @@ def _run_lanes(buf: np.ndarray, starts: np.ndarray, counts: np.ndarray, symtab: 
         left = 0
         for s0 in range(0, lane_steps, _STAGE_STEPS):
             s1 = min(lane_steps, s0 + _STAGE_STEPS)
+            rows = s1 - s0 + (-(s1 - s0) % 8)
+            stage_rows = full_rows if rows == _STAGE_STEPS else _stage_rows(stage[:rows], rows)
             for t in range(s0, s1):
                 if t in short:
                     idx = short[t]
@@ -717,7 +744,6 @@ def _run_lanes(buf: np.ndarray, starts: np.ndarray, counts: np.ndarray, symtab: 
                 rshift(v, uln, v)
                 add(p, ln, p)
                 left -= 1
-            rows = s1 - s0 + (-(s1 - s0) % 8)
             _transpose_into(stage[:rows], out[k0 : k0 + width, s0 : s0 + rows])
         full = cnt == lane_steps
         ends[k0:k1][full] = p[:n][full]
@@ -859,8 +885,10 @@ def decode_many(streams: list[Stream], what: str = "stream",
     starts = np.concatenate(lane_starts)
     counts = np.concatenate(lane_counts)
     out = _out_array(len(starts), chunk, sym_dtype)
+    table_bytes = (symtab.nbytes + lentab.nbytes) / len(starts)  # per lane, on average
+    batch = int(min(_LANE_BATCH, max(_MIN_LANE_BATCH, _BATCH_TABLE_BYTES / table_bytes)))
     ends = _run_lanes(buf, starts, counts, symtab, lentab, np.concatenate(lane_masks),
-                      np.concatenate(lane_bases), max_len, out)
+                      np.concatenate(lane_bases), max_len, out, batch)
     lane = 0
     for i, at in zip(live, placed):
         s = streams[i]

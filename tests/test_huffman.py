@@ -270,6 +270,45 @@ def test_lockstep_many_lanes_several_batches(alphabet):
     assert np.array_equal(a, symbols) and np.array_equal(b, symbols[:999])
 
 
+@given(st.sampled_from([np.uint8, np.uint16]), st.integers(1, 8), st.integers(1, 40),
+       st.integers(0, 3))
+def test_transpose_into_puts_each_step_in_its_lane_column(dtype, steps8, lanes8, col8):
+    # the stage's rows hold steps in _stage_rows' order; the output is lane-major
+    steps, lanes = 8 * steps8, 8 * lanes8
+    rng = np.random.default_rng(steps * 1000 + lanes)
+    want = rng.integers(0, np.iinfo(dtype).max, (lanes, steps), endpoint=True).astype(dtype)
+    stage = np.empty((steps, lanes), dtype=dtype)
+    for t, row in enumerate(huffman._stage_rows(stage, steps)):
+        row[:] = want[:, t]
+    out = np.zeros((lanes, steps + 16 * col8), dtype=dtype)
+    huffman._transpose_into(stage, out[:, 8 * col8 : 8 * col8 + steps])
+    assert np.array_equal(out[:, 8 * col8 : 8 * col8 + steps], want)
+    assert not out[:, : 8 * col8].any() and not out[:, 8 * col8 + steps :].any()
+
+
+def test_decode_many_bounds_the_tables_of_a_batch(monkeypatch):
+    # many streams, each with its own 2**12-entry tables: decode_many runs them
+    # in batches whose tables stay within _BATCH_TABLE_BYTES, with identical results
+    rng = np.random.default_rng(11)
+    cases = [skewed_symbols(rng, 40 * 64 + 1 + i, 256, 200, 1.05) for i in range(12)]
+    streams = [parse(huffman.encode_stream(s, 256, chunk_log=6), 256) for s in cases]
+    calls = []
+    real = huffman._run_lanes
+
+    def spy(*args):
+        calls.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(huffman, "_run_lanes", spy)
+    monkeypatch.setattr(huffman, "_MIN_LANE_BATCH", 8)
+    per_stream = sum(9 << s.max_len for s in streams) / len(streams)  # uint8 + int64 entries
+    monkeypatch.setattr(huffman, "_BATCH_TABLE_BYTES", 3 * per_stream)  # ~3 streams' tables
+    got = huffman.decode_many(streams)
+    assert all(np.array_equal(a, b) for a, b in zip(got, cases))
+    assert [s.n_chunks for s in streams] == [41] * 12
+    assert 3 * 41 - 8 <= calls[0] <= 3 * 41 + 8
+
+
 def test_max_length_one_two_symbols_is_one_bit_each():
     symbols = np.array([0, 1, 1, 0, 1] * 20)
     data = huffman.encode_stream(symbols, 2, max_length=1, chunk_log=4)
