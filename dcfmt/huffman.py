@@ -774,10 +774,15 @@ def _decode_bitarray(stream: Stream, first: int, last: int, what: str, tensor) -
     count = np.bincount(lengths[used], minlength=stream.max_len + 1).tolist()
     count[0] = 0
     symbol = order.tolist()
+    # only the bytes of these chunks: a few chunks of a long stream (the end of a
+    # block, a small slice) must not copy the whole payload
+    byte0 = int(stream.starts[first]) >> 3
+    byte1 = (int(stream.chunk_ends()[last - 1]) + 7) >> 3
     bits = bitarray(endian="little")
-    bits.frombytes(bytes(stream.payload))
-    starts = stream.starts
-    ends = stream.chunk_ends()
+    bits.frombytes(bytes(stream.payload[byte0:byte1]))
+    starts = stream.starts - 8 * byte0
+    file_ends = stream.chunk_ends()
+    ends = file_ends - 8 * byte0
     counts = stream.chunk_counts()
     out = np.empty(int(counts[first:last].sum()), dtype=_symbol_dtype(stream.alphabet))
     small = out.dtype == np.uint8
@@ -791,7 +796,7 @@ def _decode_bitarray(stream: Stream, first: int, last: int, what: str, tensor) -
         if syms is None or len(syms) != want:
             raise FormatError(
                 f"{what}: chunk {k} does not decode to exactly {want} symbols ending at bit "
-                f"{int(ends[k])} (invalid code or wrong chunk offset)",
+                f"{int(file_ends[k])} (invalid code or wrong chunk offset)",
                 offset=stream.offset, tensor=tensor, rule="HUF-11",
             )
         # bytes(list) converts 3x faster than np.array(list)

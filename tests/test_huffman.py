@@ -455,6 +455,24 @@ def test_impossible_symbol_count_rejected_in_constant_time_and_memory():
     assert peak < 1 << 20
 
 
+@pytest.mark.parametrize("method", ["bitarray", "lockstep"])
+def test_decoding_a_few_chunks_copies_only_their_bytes(method):
+    # the tail of a 4 MB stream (the last block of a tensor, a small slice)
+    rng = np.random.default_rng(5)
+    symbols = rng.integers(0, 256, 1 << 22)
+    stream = parse(huffman.encode_stream(symbols, 256), 256)
+    assert len(stream.payload) == 4 << 20  # 8-bit codes
+    k = stream.n_chunks
+    tracemalloc.start()
+    try:
+        got = huffman.decode_chunks(stream, k - 3, k, method=method)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(got, symbols[(k - 3) * stream.chunk :])
+    assert peak < 1 << 20
+
+
 def test_chunk_size_table_impossible_spans():
     # 40 one-bit symbols in 3 chunks of 16: the table holds the sizes of chunks 0 and 1
     ok = stream_bytes(40, [1, 1], 4, 40, bytes(5), sizes=[16, 16])
