@@ -230,39 +230,49 @@ def _pack_range(symbols: np.ndarray, lens: np.ndarray, rcodes: np.ndarray, pair_
     wbits = 32 if pair_base is None else 16
     shift = wbits.bit_length() - 1
     low = wbits - 1
-    wdt = np.uint32 if pair_base is None else np.uint16
+    wdt = np.dtype("<u4" if pair_base is None else "<u2")
     spill = 2 if pair_base is None else 3  # words one sum can touch
     base = pos >> shift
     words = np.zeros((end_bit >> shift) + spill - base, dtype=wdt)
     step = 1 if pair_base is None else 2
     block = max(chunk, (_ENCODE_BLOCK // chunk) * chunk)
+    byte_pairs = pair_base == _BYTE_PAIRS
     for a in range(lo, hi, block):
+        n_sym = min(hi, a + block) - a
         # take() with intp indices: with narrow ones numpy is several times slower
-        s = symbols[a : min(hi, a + block)].astype(np.intp)
-        n_sym = len(s)
-        if pair_base is not None:
+        if byte_pairs:
+            # two uint8 symbols read as one little-endian uint16 are the pair index
+            # s0 + 256 s1; a last odd symbol pairs with the empty code, 256
+            even = n_sym & ~1
+            s = symbols[a : a + even].view("<u2").astype(np.intp)
             if n_sym & 1:
-                s = np.append(s, pair_base - 1)
-            pair = s[0::2] * pair_base
-            pair += s[1::2]
-            s = pair
+                s = np.append(s, int(symbols[a + even]) + 256 * 256)
+        else:
+            s = symbols[a : a + n_sym].astype(np.intp)
+            if pair_base is not None:
+                if n_sym & 1:
+                    s = np.append(s, pair_base - 1)
+                pair = s[0::2] * pair_base
+                pair += s[1::2]
+                s = pair
         ln = lens.take(s)
-        # block-relative positions fit in int32 (block * 32 bits); the bit offset
-        # within the first word is folded in so that word = rel >> shift
-        rel = np.cumsum(ln, dtype=np.int32)
+        # block-relative positions; the bit offset within the first word is folded
+        # in so that word = rel >> shift.  intp, because bincount would copy
+        # narrower indices into intp anyway.
+        rel = np.cumsum(ln, dtype=np.intp)
         rel -= ln
         rel += pos & low
         starts[a // chunk : (a + n_sym + chunk - 1) // chunk] = rel[:: chunk // step] + (pos & ~low)
         rc = rcodes.take(s)
         rc <<= rel & low
         rel >>= shift
-        sums = np.bincount(rel, weights=rc.astype(np.float64)).astype(np.uint64)
+        sums = np.bincount(rel, weights=rc.astype(np.float64)).astype("<u8")
         w0 = (pos >> shift) - base
         m = len(sums)
-        mask = np.uint64((1 << wbits) - 1)
+        # the k-th word of each sum, little-endian, is column k of its words
+        fields = sums.view(wdt).reshape(m, 64 // wbits)
         for k in range(spill):
-            part = sums >> np.uint64(k * wbits) if k else sums
-            words[w0 + k : w0 + k + m] |= (part & mask).astype(wdt)
+            words[w0 + k : w0 + k + m] |= fields[:, k]
         pos += int(ln.sum(dtype=np.int64))
     return words
 
@@ -270,6 +280,8 @@ def _pack_range(symbols: np.ndarray, lens: np.ndarray, rcodes: np.ndarray, pair_
 #: Symbols from which a stream over at most 256 symbols is packed two symbols at a
 #: time: the pair tables have (A + 1)**2 entries, too many to build for short streams.
 _PAIR_MIN_SYMBOLS = 1 << 16
+#: pair_base of uint8 symbols packed as byte pairs (tables of 256 x 257 entries)
+_BYTE_PAIRS = -1
 
 
 def _pack_symbols(symbols: np.ndarray, lengths: np.ndarray, codes: np.ndarray, chunk: int,
@@ -285,7 +297,16 @@ def _pack_symbols(symbols: np.ndarray, lengths: np.ndarray, codes: np.ndarray, c
     lens = lengths.astype(np.int32)
     n = len(symbols)
     pair_base = None
-    if len(lengths) <= 256 and n >= _PAIR_MIN_SYMBOLS and chunk >= 2:
+    if (len(lengths) <= 256 and n >= _PAIR_MIN_SYMBOLS and chunk >= 2 and symbols.dtype == np.uint8
+            and symbols.flags.c_contiguous):
+        # byte pairs: the tables are indexed by s0 + 256 s1, which is the uint16
+        # that the two bytes make (no arithmetic per pair); 256 is the empty code
+        pair_base = _BYTE_PAIRS
+        lens = np.append(np.pad(lens, (0, 256 - len(lens))), 0)
+        rcodes = np.append(np.pad(rcodes, (0, 256 - len(rcodes))), 0)
+        rcodes = (rcodes[:256][None, :] | (rcodes[:, None] << lens[:256][None, :].astype(np.int64))).reshape(-1)
+        lens = (lens[:256][None, :] + lens[:, None]).reshape(-1)
+    elif len(lengths) <= 256 and n >= _PAIR_MIN_SYMBOLS and chunk >= 2:
         # pair tables: symbol A is the empty code; the first code takes the low bits
         pair_base = len(lengths) + 1
         lens = np.append(lens, 0)

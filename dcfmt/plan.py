@@ -814,8 +814,9 @@ class _Histogram:
         takes its label from a table; in a bin that one midpoint crosses an
         element compares itself with it, and bins that several cross are
         searched element by element.  The dense layout is built
-        here, with its error measured exactly (indices are uint16 when the
-        codebook has more than 254 entries); when a sparse layout could be
+        here, with its error measured exactly (labels are uint16 while the
+        table needs two codes past a codebook of 255 or 256 entries, and are
+        handed over as uint8); when a sparse layout could be
         smaller, :func:`codebook_tensor` chooses, and the size is None: the
         caller measures the error and the size.
         """
@@ -905,6 +906,10 @@ class _Histogram:
         # exact error of the reconstruction a decoder returns (centroids as the decoder
         # widens them, held in the work type, which represents them exactly)
         values = to_float64(widen(book, cdt, dtype), dtype).astype(_work(flat[:0], dtype).dtype)
+        # labels of a codebook of up to 256 entries go to the writer as uint8, which
+        # its Huffman packer reads two at a time as one uint16 (the labels were
+        # uint16 only to make room for the table's two extra codes)
+        final = np.empty(numel, dtype=np.uint8) if labels.dtype != np.uint8 and len(book) <= 256 else labels
 
         def error(start: int, stop: int) -> list:
             vbuf = np.empty(min(stop - start, _BLOCK), dtype=values.dtype)
@@ -912,6 +917,8 @@ class _Histogram:
             sums = []
             for a, b in _blocks(stop, start):
                 v, d = vbuf[: b - a], dbuf[: b - a]
+                if final is not labels:
+                    final[a:b] = labels[a:b]
                 values.take(labels[a:b], out=v, mode="wrap")
                 np.subtract(_work(flat[a:b], dtype), v, out=d, dtype=np.float64)
                 sums.append((float(np.einsum("i,i->", d, d)), max(float(d.max()), -float(d.min()))))
@@ -923,8 +930,9 @@ class _Histogram:
             mx = max(mx, m_part)
         rel = math.sqrt(err2) / math.sqrt(self.norm2)
         recipe = dataclasses.replace(recipe, rel_error=rel, max_abs_error=mx)
+        del labels
         code = TensorCode(name, dtype, shape, values=Values.CODEBOOK, codebook=book,
-                          codebook_dtype=cdt, indices=labels, recipe=recipe)
+                          codebook_dtype=cdt, indices=final, recipe=recipe)
         return code, 16 + size
 
 

@@ -578,18 +578,28 @@ def test_decode_many_short_stream_after_a_long_chunk():
     (256, 16, 4, 65_537),
     (17, 9, 16, 300_000),
 ])
+# uint8: byte pairs (the two bytes are the pair index); uint16 and a strided view: s0 * B + s1
+@pytest.mark.parametrize("layout", ["uint8", "uint16", "strided uint8"])
 def test_pair_packing_writes_the_same_bytes_as_symbol_packing(monkeypatch, alphabet, max_length,
-                                                               chunk_log, n):
+                                                               chunk_log, n, layout):
     rng = np.random.default_rng(alphabet + n)
     # a steep distribution, so that the rarest symbols get the longest codes
     p = 0.5 ** np.minimum(np.arange(alphabet), 40)
-    symbols = rng.choice(alphabet, size=n, p=p / p.sum()).astype(np.uint8 if alphabet <= 256 else np.uint16)
+    symbols = rng.choice(alphabet, size=n, p=p / p.sum()).astype(np.uint16 if layout == "uint16"
+                                                                  else np.uint8)
     symbols[:alphabet] = np.arange(alphabet)  # every symbol occurs
+    if layout == "strided uint8":
+        symbols = np.repeat(symbols, 2)[::2]
+        assert not symbols.flags.c_contiguous
     monkeypatch.setattr(huffman, "_PAIR_MIN_SYMBOLS", 1 << 62)
     single = huffman.encode_stream(symbols, alphabet, max_length=max_length, chunk_log=chunk_log)
     monkeypatch.setattr(huffman, "_PAIR_MIN_SYMBOLS", 1)
+    bases = []
+    real = huffman._pack_range
+    monkeypatch.setattr(huffman, "_pack_range", lambda *a: bases.append(a[3]) or real(*a))
     paired = huffman.encode_stream(symbols, alphabet, max_length=max_length, chunk_log=chunk_log)
     assert paired == single
+    assert set(bases) == {huffman._BYTE_PAIRS if layout == "uint8" else alphabet + 1}
     stream = huffman.parse_stream(Cursor(paired), alphabet, "test")
     assert stream.max_len == min(max_length, alphabet - 1)
     assert np.array_equal(huffman.decode(stream), symbols)
