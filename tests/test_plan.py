@@ -214,6 +214,17 @@ def test_lossy_plans_decode_to_the_writers_reconstruction(plan):
         assert same_bits(out[name], tensors[name])
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("at", [0, 70_000, (1 << 20) + 5])  # first piece, a later piece, block 2
+def test_error_bounded_stores_a_non_finite_tensor_exactly(bad, at):
+    # the scan works block by block and piece by piece: a NaN or inf anywhere is seen
+    x = (np.random.default_rng(3).normal(size=(1 << 20) + 100) * 0.02).astype(np.float32)
+    x[at] = bad
+    code = ErrorBoundedPlan().encode("w", x, DType.FLOAT32)
+    assert code.values is Values.RAW
+    assert same_bits(code.reconstruct(), x)
+
+
 def test_narrow_codebook_plan_on_a_mixed_precision_model():
     rng = np.random.default_rng(8)
     tensors = {"a": weights(rng, (20, 20)), "b": weights(rng, (20, 20)).astype(np.float16)}
