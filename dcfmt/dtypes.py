@@ -16,12 +16,26 @@ import numpy as np
 
 from .errors import EncodeError, UnsupportedFeatureError
 
-try:  # optional: only changes how bfloat16 arrays are presented
-    import ml_dtypes as _ml_dtypes
+_UNKNOWN = object()
+_bf16: object = _UNKNOWN
 
-    _BF16_NUMPY: np.dtype | None = np.dtype(_ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover - depends on the environment
-    _BF16_NUMPY = None
+
+def _bf16_numpy() -> np.dtype | None:
+    """``ml_dtypes.bfloat16`` as a numpy dtype, or None without ml_dtypes.
+
+    Imported on first use, not with dcfmt: importing ml_dtypes 0.7 takes
+    ~2 s here (numpy 2.4), which every ``dcz`` command and every program that
+    never meets a bfloat16 tensor would pay.
+    """
+    global _bf16
+    if _bf16 is _UNKNOWN:
+        try:  # optional: only changes how bfloat16 arrays are presented
+            import ml_dtypes
+
+            _bf16 = np.dtype(ml_dtypes.bfloat16)
+        except ImportError:  # pragma: no cover - depends on the environment
+            _bf16 = None
+    return _bf16  # type: ignore[return-value]
 
 
 class DType(enum.IntEnum):
@@ -60,7 +74,8 @@ class DType(enum.IntEnum):
     def numpy(self) -> np.dtype:
         """The numpy dtype decoded arrays have (native byte order)."""
         if self is DType.BFLOAT16:
-            return _BF16_NUMPY if _BF16_NUMPY is not None else np.dtype(np.uint16)
+            bf16 = _bf16_numpy()
+            return bf16 if bf16 is not None else np.dtype(np.uint16)
         return _STORAGE[self].newbyteorder("=")
 
     @property
@@ -123,7 +138,8 @@ def from_name(name: str) -> DType:
 def from_numpy(dtype: np.dtype) -> DType:
     """The DType of a numpy dtype; raises EncodeError for types the format lacks."""
     dtype = np.dtype(dtype)
-    if _BF16_NUMPY is not None and dtype == _BF16_NUMPY:
+    # an ml_dtypes array means ml_dtypes is loaded already: asking costs nothing
+    if dtype.name == "bfloat16" and dtype == _bf16_numpy():
         return DType.BFLOAT16
     if dtype.kind in "biuf":
         found = _BY_KIND.get((dtype.kind, dtype.itemsize))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -12,6 +15,18 @@ from dcfmt.dtypes import DType
 from dcfmt.errors import EncodeError, UnsupportedFeatureError
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
+
+
+def test_ml_dtypes_is_imported_only_when_a_bfloat16_tensor_needs_it():
+    # importing ml_dtypes takes seconds on some machines: dcfmt, its converters
+    # and a float32 round trip must not pay it
+    code = ("import sys, numpy as np, dcfmt, dcfmt.converters\n"
+            "data = dcfmt.encode({'w': np.ones(3, np.float32)})\n"
+            "assert dcfmt.decode(data)['w'].dtype == np.float32\n"
+            "print('ml_dtypes' in sys.modules)\n"
+            "print(dcfmt.DType.BFLOAT16.numpy, 'ml_dtypes' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "bfloat16", "True"]
 
 
 def test_codes_and_properties():
