@@ -151,8 +151,9 @@ def lossless_tensor(name: str, storage: np.ndarray, dtype: DType, *,
     if numel == 0:
         return TensorCode(name, dtype, shape, raw=flat, recipe=recipe)
     bits_view = flat.view(f"u{item}") if dtype is not DType.BOOL else flat.view(np.uint8)
-    nonzero = bits_view != 0
-    nnz = int(np.count_nonzero(nonzero))
+    # counted and located on the bit patterns themselves: a boolean mask of a
+    # large dense tensor would cost two more passes over memory for nothing
+    nnz = int(np.count_nonzero(bits_view))
     positions = None
     sparse_choice = None
     # Sizing the sparse layouts exactly is costly on big tensors, so it is done only
@@ -160,7 +161,7 @@ def lossless_tensor(name: str, storage: np.ndarray, dtype: DType, *,
     # relative-index entry has a code of 1+ bits; a bitmap has numel >= nnz bits).
     floor = (nnz + 7) // 8
     if nnz < numel and floor + nnz * item < best[0]:
-        positions = np.flatnonzero(nonzero)
+        positions = np.flatnonzero(bits_view)
         sparse_choice = _best_sparse(positions, numel)
         size = sparse_choice[0] + nnz * item
         if size < best[0]:
@@ -182,7 +183,7 @@ def lossless_tensor(name: str, storage: np.ndarray, dtype: DType, *,
             rest = 8 + kk * item + (_index_stream_size(kept_counts[kept_counts > 0]) if kk > 1 else 0)
             if floor + rest < best[0]:
                 if sparse_choice is None:
-                    positions = np.flatnonzero(nonzero)
+                    positions = np.flatnonzero(bits_view)
                     sparse_choice = _best_sparse(positions, numel)
                 size = sparse_choice[0] + rest
                 if size < best[0]:
