@@ -29,6 +29,7 @@ an alias again.  ``.pt`` output ties the tensors for real (one storage).
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import json
 import os
@@ -419,7 +420,9 @@ class SafetensorsSource(Source):
 
     def _bf16(self, name: str) -> np.ndarray:
         try:
-            import ml_dtypes  # noqa: F401  (lets safetensors' numpy path name bfloat16)
+            # imported for its side effect: it registers the bfloat16 dtype that
+            # safetensors' numpy path asks numpy for
+            importlib.import_module("ml_dtypes")
 
             return self._f.get_tensor(name).view(np.uint16)
         except ImportError:

@@ -428,7 +428,7 @@ class FixedPlan(Plan):
 
 #: Elements per block of float64 work in the error-bounded plan: bounds temporaries (8 MB each).
 _BLOCK = 1 << 20
-_PIECE = 1 << 16  # elements per pass of the histogram: its temporaries stay in L2
+_PIECE = 1 << 16  # elements per pass within a block (see _pieces)
 
 
 def _blocks(n: int, start: int = 0):
@@ -691,7 +691,7 @@ class _Histogram:
             ones = np.ones(min(hi - lo, _PIECE))
             sums = []
             for a0, b0 in _blocks(hi, lo):
-                cnt, s1 = np.zeros(n), np.zeros(n)
+                c_block, s_block = np.zeros(n), np.zeros(n)
                 for a, b in _pieces(a0, b0):
                     x = _work(flat[a:b], dtype)
                     t, ib, x64, i = tbuf[: b - a], ibuf[: b - a], xbuf[: b - a], self.idx[a:b]
@@ -706,9 +706,9 @@ class _Histogram:
                     x64[...] = x
                     # counts as a bincount of ones: numpy's weighted loop is faster
                     # than its counting one, and float64 counts are exact
-                    cnt += np.bincount(ib, weights=ones[: b - a], minlength=n)
-                    s1 += np.bincount(ib, weights=x64, minlength=n)
-                sums.append((cnt, s1))
+                    c_block += np.bincount(ib, weights=ones[: b - a], minlength=n)
+                    s_block += np.bincount(ib, weights=x64, minlength=n)
+                sums.append((c_block, s_block))
             return sums
 
         cnt = np.zeros(n)
@@ -965,7 +965,6 @@ class _Histogram:
             mx = max(mx, m_part)
         rel = math.sqrt(err2) / math.sqrt(self.norm2)
         recipe = dataclasses.replace(recipe, rel_error=rel, max_abs_error=mx)
-        del labels
         code = TensorCode(name, dtype, shape, values=Values.CODEBOOK, codebook=book,
                           codebook_dtype=cdt, indices=final, recipe=recipe)
         return code, 16 + size
