@@ -77,10 +77,13 @@ def _entropy(symbols: np.ndarray, alphabet: int) -> float:
 
 
 def _gaussian_indices(rng, n: int, k: int) -> np.ndarray:
-    """Cluster indices as k-means on Gaussian weights produces them (linear init)."""
+    """Cluster indices as k-means on Gaussian weights produces them (linear init).
+
+    uint8 for k <= 256, as the plans hand indices to the writer.
+    """
     w = rng.normal(size=n)
     edges = np.linspace(w.min(), w.max(), k + 1)[1:-1]
-    return np.searchsorted(edges, w).astype(np.int64)
+    return np.searchsorted(edges, w).astype(np.uint8 if k <= 256 else np.uint16)
 
 
 def _gap_symbols(rng, n: int, density: float, bits: int) -> np.ndarray:
@@ -88,7 +91,7 @@ def _gap_symbols(rng, n: int, density: float, bits: int) -> np.ndarray:
 
     numel = int(n / density)
     pos = np.flatnonzero(rng.random(numel) < density)
-    return relative_symbols(pos, bits).astype(np.int64)
+    return relative_symbols(pos, bits)  # the dtype the writer codes
 
 
 def _index_codec(sym: np.ndarray, k: int, group: int | None):

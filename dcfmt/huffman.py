@@ -183,7 +183,9 @@ def check_lengths(lengths: np.ndarray, err) -> None:
 # ---------------------------------------------------------------------------
 
 _ENCODE_BLOCK = 1 << 16  # symbols per vectorised block: keeps temporaries in cache
-_RANGE_ALIGN = 1 << 20  # symbols per unit of work handed to a thread (a multiple of most chunks)
+#: symbols per unit of work handed to a thread (a multiple of most chunks); streams
+#: of twice this many symbols or more are split, so that 10^6 indices use 2 threads
+_RANGE_ALIGN = 1 << 18
 
 
 def _pack_lengths(lengths: np.ndarray, width: int) -> bytes:
