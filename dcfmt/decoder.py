@@ -3,9 +3,9 @@
 Whole-tensor decoding and random access (``get_slice``) share one engine:
 :func:`decode_range` fills an output array block by block.  A block is a run of
 Huffman chunks; only its payload bytes are copied and only its symbols are
-held, so decoding one tensor costs its output plus one block (16 MB, or 10 %
-of the output for tensors over 160 MB), and a slice touches only the chunks
-that cover it.
+held, so decoding one tensor costs its output plus one block (16 MB; 10 % of
+the output for tensors over 160 MB, at most 64 MB), and a slice touches only
+the chunks that cover it.
 
 A whole decode checks every rule that needs decoding (spec 5.3, 6.1, 6.2):
 every chunk ends where the next begins, the relative index has exactly
