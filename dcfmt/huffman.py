@@ -791,6 +791,11 @@ def _out_array(n_lanes: int, chunk: int, dtype: np.dtype) -> np.ndarray:
     return np.empty((n_lanes + (-n_lanes % 8), chunk), dtype=dtype)
 
 
+def _chunk_bytes(stream: Stream, first: int, last: int) -> tuple[int, int]:
+    """The payload bytes ``[byte0, byte1)`` that hold chunks ``first..last-1``."""
+    return int(stream.starts[first]) >> 3, (int(stream.chunk_ends()[last - 1]) + 7) >> 3
+
+
 def _decode_bitarray(stream: Stream, first: int, last: int, what: str, tensor) -> np.ndarray:
     """Decode chunks one after another with bitarray's canonical decoder (small streams)."""
     lengths = stream.lengths
@@ -801,8 +806,7 @@ def _decode_bitarray(stream: Stream, first: int, last: int, what: str, tensor) -
     symbol = order.tolist()
     # only the bytes of these chunks: a few chunks of a long stream (the end of a
     # block, a small slice) must not copy the whole payload
-    byte0 = int(stream.starts[first]) >> 3
-    byte1 = (int(stream.chunk_ends()[last - 1]) + 7) >> 3
+    byte0, byte1 = _chunk_bytes(stream, first, last)
     bits = bitarray(endian="little")
     bits.frombytes(bytes(stream.payload[byte0:byte1]))
     starts = stream.starts - 8 * byte0
@@ -850,8 +854,7 @@ def decode_chunks(stream: Stream, first: int, last: int, what: str = "stream",
     lanes = np.arange(first, last)
     counts = stream.chunk_counts()[first:last]
     # copy only the payload bytes of these chunks (plus zero padding for over-reads)
-    byte0 = int(stream.starts[first]) >> 3
-    byte1 = (int(stream.chunk_ends()[last - 1]) + 7) >> 3
+    byte0, byte1 = _chunk_bytes(stream, first, last)
     starts = stream.starts[first:last] - 8 * byte0
     buf = _padded(stream.payload[byte0:byte1], (int(counts.max()) * stream.max_len + 7) // 8)
     symtab, lentab = _tables(stream)
