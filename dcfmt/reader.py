@@ -13,6 +13,7 @@ its body parsed; a record is decoded only when the caller asks for it.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import stat
 from typing import Iterator
@@ -272,13 +273,22 @@ def _open_source(target):
     return StreamSource(target), None
 
 
-def _can_read_ahead(src, owned) -> bool:
-    """True when reading ahead cannot wait on a writer: bytes, or a regular file."""
+def _can_read_ahead(src) -> bool:
+    """True when reading ahead cannot wait on a writer.
+
+    That is bytes, an in-memory ``io.BytesIO``, or a file object (opened by
+    this reader or by the caller) whose descriptor is a regular file.  A
+    pipe, a socket or an object without a descriptor may be fed by a writer
+    that waits for this reader, so it is read one record at a time.
+    """
     if isinstance(src, BufferSource):
         return True
+    f = src.f
+    if isinstance(f, io.BytesIO):
+        return True
     try:
-        return owned is not None and stat.S_ISREG(os.fstat(owned.fileno()).st_mode)
-    except (AttributeError, OSError, ValueError):
+        return stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
         return False
 
 
@@ -287,13 +297,14 @@ class Reader:
 
     Memory stays bounded by the largest record plus its decoded tensor plus
     a constant: records are read, checksummed, decoded and handed out in
-    file order, one at a time.  When reading ahead cannot block (bytes, or
-    a path to a regular file), runs of small Huffman-coded records (up to
-    16 MB of records) are read ahead so that their streams decode together
-    in one lock-step pass (:func:`dcfmt.decoder.decode_in_batches`); errors
-    still surface in file order.  A file object may be a pipe whose writer
-    waits for this reader, so it is read one record at a time unless
-    ``batch=True``.  The iterator yields ``(name, array)`` pairs; the whole
+    file order, one at a time.  When reading ahead cannot block (bytes, a
+    ``BytesIO``, or a path or file object of a regular file), runs of small
+    Huffman-coded records (up to 16 MB of records) are read ahead so that
+    their streams decode together in one lock-step pass
+    (:func:`dcfmt.decoder.decode_in_batches`); errors still surface in file
+    order.  A pipe or socket may be fed by a writer that waits for this
+    reader, so it is read one record at a time unless ``batch=True``.  The
+    iterator yields ``(name, array)`` pairs; the whole
     file's structure (index, trailer, no trailing bytes) is checked when the
     last tensor has been yielded.
 
@@ -301,8 +312,8 @@ class Reader:
         source: a path, bytes, or a binary file object (only ``read`` or
             ``readinto`` is used, so non-seekable streams work).
         limits: decoder limits (spec 9).
-        batch: read ahead to decode short streams together: None (default)
-            when ``source`` is bytes or a regular file opened by path.
+        batch: read ahead to decode short streams together.  None (the
+            default): only where reading ahead cannot block (see above).
 
     Example:
         >>> import sys
@@ -315,7 +326,7 @@ class Reader:
                  batch: bool | None = None) -> None:
         self._src, self._owned = _open_source(source)
         self._limits = limits
-        self._batch = _can_read_ahead(self._src, self._owned) if batch is None else batch
+        self._batch = _can_read_ahead(self._src) if batch is None else batch
         self._events = walk(self._src, limits)
         self._pending: Event | None = None
         self.header: FileHeader | None = None

@@ -511,10 +511,25 @@ def test_reader_reads_ahead_only_where_that_cannot_block(tmp_path, many_batches)
             assert [n for n, _ in r] == ["t0", "t1", "t2"]
         return batches == [3]
 
-    assert batched(data) and batched(str(path))
-    # a file object may be a pipe whose writer waits for this reader
+    assert batched(data) and batched(str(path)) and batched(io.BytesIO(data))
+    # a file object of a regular file cannot wait on a writer either
     with open(path, "rb") as f:
+        assert batched(f)
+    with open(path, "rb") as f:
+        assert not batched(f, batch=False)
+    # a pipe may be fed by a writer that waits for this reader ...
+    r_fd, w_fd = os.pipe()
+
+    def feed():
+        with os.fdopen(w_fd, "wb") as w:
+            w.write(data)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    with os.fdopen(r_fd, "rb") as f:
         assert not batched(f)
-    with open(path, "rb") as f:
-        assert batched(f, batch=True)
+    writer.join()
+    # ... as may an object without a descriptor; batch=True overrides
+    assert not batched(ShortReads(data))
+    assert batched(ShortReads(data), batch=True)
     assert not batched(data, batch=False)
