@@ -41,10 +41,18 @@ def seeds() -> list[bytes]:
 
 
 def write_dictionary(path: str) -> str:
-    """Write DICTIONARY in libFuzzer's format and return the path."""
-    with open(path, "w") as f:
+    """Write DICTIONARY in libFuzzer's format and return the path.
+
+    Harnesses run in parallel share the file, so it is written under a
+    private name and renamed into place: rewriting it in place let one
+    harness's libFuzzer read it while another had just truncated it
+    ("ParseDictionaryFile: file does not exist or is empty", exit 1).
+    """
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
         for i, tok in enumerate(DICTIONARY):
             f.write(f'kw{i}="' + "".join(f"\\x{b:02x}" for b in tok) + '"\n')
+    os.replace(tmp, path)
     return path
 
 
