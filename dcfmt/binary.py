@@ -223,14 +223,17 @@ def read_packed(cur: "Cursor", count: int, what: str, rule: str, max_width: int 
     if width > max_width:
         raise cur.fail(FormatError, f"{what}: width {width} exceeds {max_width}", rule, at)
     nbytes = packed_size(count, width)
-    raw = np.frombuffer(cur.take(nbytes, what), dtype=np.uint8)
+    raw = cur.take(nbytes, what)
     if count == 0 or width == 0:
         return np.zeros(count, dtype=np.int64)
-    bits = np.unpackbits(raw, bitorder="little")
-    if bits[count * width :].any():
+    if raw[-1] >> (8 - (-count * width) % 8):  # the unused high bits of the last byte
         raise cur.fail(FormatError, f"{what}: padding bits are not zero", rule, at + nbytes)
-    weights = np.left_shift(np.int64(1), np.arange(width, dtype=np.int64))
-    values = bits[: count * width].reshape(count, width).astype(np.int64) @ weights
+    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=count * width, bitorder="little")
+    # each row of `width` bits packs into ceil(width/8) little-endian bytes;
+    # padded to 8 bytes, a row reads as one uint64
+    rows = np.zeros((count, 8), dtype=np.uint8)
+    rows[:, : (width + 7) // 8] = np.packbits(bits.reshape(count, width), axis=1, bitorder="little")
+    values = rows.view("<u8").reshape(count).astype(np.int64)
     if int(values.max()).bit_length() != width:
         raise cur.fail(FormatError, f"{what}: width {width} is not the bit length of the largest "
                        "value", rule, at)

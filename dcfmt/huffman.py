@@ -163,14 +163,18 @@ _REV8 = np.array([int(f"{i:08b}"[::-1], 2) for i in range(256)], dtype=np.int64)
 
 def check_lengths(lengths: np.ndarray, err) -> None:
     """Apply the code-length rules of spec 5.1 (HUF-4..HUF-6); ``err(msg, rule)`` builds the error."""
-    nz = lengths[lengths > 0].astype(np.int64)
-    if len(nz) == 0:
+    # a histogram of the lengths, then Python over its few entries: parsing a
+    # record of a small tensor is dominated by per-call costs, not by work
+    counts = np.bincount(lengths, minlength=MAX_CODE_LENGTH + 1).tolist()
+    used = sum(counts[1:])
+    if used == 0:
         raise err("code-length table assigns no symbol", "HUF-4")
-    if len(nz) == 1:
-        if nz[0] != 1:
-            raise err(f"a one-symbol table must use length 1, found {int(nz[0])}", "HUF-6")
+    if used == 1:
+        length = next(ln for ln, c in enumerate(counts) if ln and c)
+        if length != 1:
+            raise err(f"a one-symbol table must use length 1, found {length}", "HUF-6")
         return
-    kraft = int(np.sum(np.left_shift(np.int64(1), MAX_CODE_LENGTH - nz)))
+    kraft = sum(c << (MAX_CODE_LENGTH - ln) for ln, c in enumerate(counts) if ln)
     full = 1 << MAX_CODE_LENGTH
     if kraft > full:
         raise err(f"code lengths are over-subscribed (Kraft sum {kraft}/{full})", "HUF-5")
@@ -509,12 +513,13 @@ def parse_stream(cur: Cursor, alphabet: int, what: str) -> Stream:
     width = max_len.bit_length()
     nbytes = (n_lengths * width + 7) // 8
     at = cur.pos
-    raw = np.frombuffer(cur.take(nbytes, f"{what} code lengths"), dtype=np.uint8)
-    bits = np.unpackbits(raw, bitorder="little")
-    if bits[n_lengths * width :].any():
+    raw = cur.take(nbytes, f"{what} code lengths")
+    if raw[-1] >> (8 - (-n_lengths * width) % 8):  # the unused high bits of the last byte
         raise err("padding bits after the code lengths are not zero", "HUF-3", at + nbytes - 1)
-    stored = (bits[: n_lengths * width].reshape(n_lengths, width).astype(np.uint8)
-              << np.arange(width, dtype=np.uint8)).sum(axis=1, dtype=np.uint8)
+    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=n_lengths * width,
+                         bitorder="little")
+    # each row of `width` bits packs into the low bits of one byte: its length
+    stored = np.packbits(bits.reshape(n_lengths, width), axis=1, bitorder="little")[:, 0]
     if stored[-1] == 0:
         raise err("the last stored code length is 0 (trailing zero lengths must be omitted)", "HUF-2", at)
     if int(stored.max()) != max_len:
@@ -540,14 +545,16 @@ def parse_stream(cur: Cursor, alphabet: int, what: str) -> Stream:
     if n_chunks > 1:
         at = cur.pos
         sizes = read_packed(cur, n_chunks - 1, f"{what} chunk sizes", "HUF-9", max_width=32)
-        counts = np.full(n_chunks, chunk, dtype=np.int64)
-        counts[-1] = n - (n_chunks - 1) * chunk
-        starts[1:] = np.cumsum(sizes)
-        sizes = np.append(sizes, bit_len - starts[-1])
-        bad = np.flatnonzero((sizes < counts) | (sizes > counts * max_len))
-        if len(bad):
-            k = int(bad[0])
-            raise err(f"chunk {k} spans {int(sizes[k])} bits for {int(counts[k])} symbols of "
+        np.cumsum(sizes, out=starts[1:])
+        last = bit_len - int(starts[-1])
+        last_count = n - (n_chunks - 1) * chunk
+        # every chunk but the last holds `chunk` symbols: two reductions check them
+        if int(sizes.min()) < chunk or int(sizes.max()) > chunk * max_len:
+            k = int(np.flatnonzero((sizes < chunk) | (sizes > chunk * max_len))[0])
+            raise err(f"chunk {k} spans {int(sizes[k])} bits for {chunk} symbols of "
+                      f"1..{max_len} bits", "HUF-9", at)
+        if not last_count <= last <= last_count * max_len:
+            raise err(f"chunk {n_chunks - 1} spans {last} bits for {last_count} symbols of "
                       f"1..{max_len} bits", "HUF-9", at)
     at = cur.pos
     payload = cur.take(payload_bytes, f"{what} payload")

@@ -106,12 +106,21 @@ class Recipe:
             if length > cur.remaining:  # spec 8: a field running past its section is RCP-2
                 raise cur.fail(FormatError, f"recipe field {tag} declares {length} bytes, only "
                                f"{cur.remaining} remain in the section", "RCP-2", at)
-            value = Cursor(cur.take(length, f"recipe field {tag}"), cur.base + cur.pos - length,
-                           overrun=FormatError, overrun_rule="RCP-2", tensor=cur.tensor)
+            raw = cur.take(length, f"recipe field {tag}")
             spec = _FIELDS.get(tag)
             if spec is None:
                 continue
             attr, kind = spec
+            # fast paths for well-formed fixed-size fields; anything else goes
+            # through a Cursor, which raises the located errors
+            if kind == "f32" and length == 4:
+                (fields[attr],) = _F32.unpack(raw)
+                continue
+            if kind == "bool" and length == 1 and raw[0] <= 1:
+                fields[attr] = bool(raw[0])
+                continue
+            value = Cursor(raw, cur.base + cur.pos - length,
+                           overrun=FormatError, overrun_rule="RCP-2", tensor=cur.tensor)
             if kind == "text":
                 fields[attr] = value.text(length, "recipe plan name", "RCP-2")
             elif kind in ("u8", "bool"):

@@ -75,7 +75,7 @@ def test_cursor_text():
         assert ei.value.rule == "R-1" and "UTF-8" in ei.value.message
 
 
-@given(st.lists(st.integers(0, 2**40), max_size=50))
+@given(st.lists(st.one_of(st.integers(0, 2**40), st.integers(0, 2**63 - 1)), max_size=50))
 def test_packed_arrays_roundtrip(values):
     raw = write_packed(values)
     width = max(values).bit_length() if values else 0
