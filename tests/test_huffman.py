@@ -5,6 +5,8 @@ from __future__ import annotations
 import heapq
 import tracemalloc
 
+from unittest import mock
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -244,10 +246,13 @@ def test_decode_many_equals_decoding_each(cases):
         streams.append(parse(huffman.encode_stream(symbols, alphabet, max_length=max_length,
                                                    chunk_log=chunk_log), alphabet))
     got = huffman.decode_many(streams)
-    assert len(got) == len(cases)
-    for (symbols, alphabet, _, _), arr in zip(cases, got):
-        assert arr.dtype == (np.uint8 if alphabet <= 256 else np.uint16)
-        assert np.array_equal(arr, symbols)
+    # a table budget of 1 byte forces uint8 length tables (and batches of _MIN_LANE_BATCH)
+    with mock.patch.object(huffman, "_BATCH_TABLE_BYTES", 1):
+        compact = huffman.decode_many(streams)
+    assert len(got) == len(compact) == len(cases)
+    for (symbols, alphabet, _, _), arr, arr8 in zip(cases, got, compact):
+        assert arr.dtype == arr8.dtype == (np.uint8 if alphabet <= 256 else np.uint16)
+        assert np.array_equal(arr, symbols) and np.array_equal(arr8, symbols)
 
 
 def test_decode_many_of_empty_streams():
@@ -286,9 +291,16 @@ def test_transpose_into_puts_each_step_in_its_lane_column(dtype, steps8, lanes8,
     assert not out[:, : 8 * col8].any() and not out[:, 8 * col8 + steps :].any()
 
 
-def test_decode_many_bounds_the_tables_of_a_batch(monkeypatch):
+@pytest.mark.parametrize("lane_batch, budget_streams, compact, lanes", [
+    (200, 3, False, 3 * 41),         # int64 lengths: a batch holds ~3 streams' tables
+    (8192, 2, True, 2 * 41 * 9 // 2),  # uint8 lengths: 4.5x smaller tables, 4.5x more lanes
+])
+def test_decode_many_bounds_the_tables_of_a_batch(monkeypatch, lane_batch, budget_streams,
+                                                   compact, lanes):
     # many streams, each with its own 2**12-entry tables: decode_many runs them
-    # in batches whose tables stay within _BATCH_TABLE_BYTES, with identical results
+    # in batches whose tables stay within _BATCH_TABLE_BYTES, with identical
+    # results; where that would cut batches below half of _LANE_BATCH, the
+    # length table shrinks to uint8 instead
     rng = np.random.default_rng(11)
     cases = [skewed_symbols(rng, 40 * 64 + 1 + i, 256, 200, 1.05) for i in range(12)]
     streams = [parse(huffman.encode_stream(s, 256, chunk_log=6), 256) for s in cases]
@@ -296,17 +308,20 @@ def test_decode_many_bounds_the_tables_of_a_batch(monkeypatch):
     real = huffman._run_lanes
 
     def spy(*args):
-        calls.append(args[-1])
+        calls.append((args[4].dtype, args[-1]))
         return real(*args)
 
     monkeypatch.setattr(huffman, "_run_lanes", spy)
     monkeypatch.setattr(huffman, "_MIN_LANE_BATCH", 8)
+    monkeypatch.setattr(huffman, "_LANE_BATCH", lane_batch)
     per_stream = sum(9 << s.max_len for s in streams) / len(streams)  # uint8 + int64 entries
-    monkeypatch.setattr(huffman, "_BATCH_TABLE_BYTES", 3 * per_stream)  # ~3 streams' tables
+    monkeypatch.setattr(huffman, "_BATCH_TABLE_BYTES", budget_streams * per_stream)
     got = huffman.decode_many(streams)
     assert all(np.array_equal(a, b) for a, b in zip(got, cases))
     assert [s.n_chunks for s in streams] == [41] * 12
-    assert 3 * 41 - 8 <= calls[0] <= 3 * 41 + 8
+    dtype, batch = calls[0]
+    assert dtype == (np.uint8 if compact else np.int64)
+    assert lanes - 8 <= batch <= lanes + 8
 
 
 def test_max_length_one_two_symbols_is_one_bit_each():
@@ -541,7 +556,9 @@ def test_wrong_chunk_offset_that_passes_the_header_checks(method):
     assert ei.value.rule == "HUF-11" and "chunk 0" in ei.value.message
 
 
-def test_decode_many_reports_the_bad_stream():
+@pytest.mark.parametrize("table_budget", [1 << 20, 1])  # int64, then uint8 length tables
+def test_decode_many_reports_the_bad_stream(monkeypatch, table_budget):
+    monkeypatch.setattr(huffman, "_BATCH_TABLE_BYTES", table_budget)
     good = parse(huffman.encode_stream(np.arange(50) % 4, 4), 4)
     bad = parse(stream_bytes(5, [1], 4, 5, bytes([0b00100])), 1)
     with pytest.raises(FormatError) as ei:
