@@ -576,8 +576,9 @@ _MIN_LANE_BATCH = 2048  # fewer lanes pay too much fixed cost per numpy call
 _BATCH_TABLE_BYTES = 1 << 20
 _STAGE_STEPS = 64   # steps staged before transposing into the output
 #: Streams with fewer chunks than this are decoded by bitarray's C decoder, one
-#: chunk after another: lock-step pays ~5 us of numpy calls per step whatever
-#: the number of lanes, so it only wins when there are many lanes.
+#: chunk after another: lock-step pays ~7 us of numpy calls per step whatever
+#: the number of lanes (7-9 us measured with 8 lanes), so it only wins when
+#: there are many lanes.
 LOCKSTEP_MIN_CHUNKS = 256
 _I6, _I63 = (np.asarray(c, dtype=np.int64) for c in (6, 63))
 _U64 = np.asarray(64, dtype=np.uint64)
